@@ -1,0 +1,238 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Kernel-side helpers shared by every program file: the maps, the load-time
+ * settings, the common header, path building and record submission.
+ * The maps are __weak so that each family's object can name them and
+ * `bpftool gen object` links them into one.
+ */
+#ifndef AMBER_BPF_H
+#define AMBER_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "events.h"
+
+#define OVERLAYFS_SUPER_MAGIC 0x794c7630
+#define AMBER_PATH_DEPTH 48
+#define AMBER_NAME_MAX 255
+
+/* Load-time settings (rodata), defined in amber.bpf.c, set by the addon before load. */
+extern const volatile __u32 amber_ignore_tgid;    /* the agent itself; 0 = none */
+extern const volatile __u64 amber_wakeup_bytes;   /* wake the reader once this much is queued */
+extern const volatile __u8 amber_ovl_by_inode_size; /* 1 = skip the ovl_inode BTF path (tests) */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20); /* set by the addon before load */
+} events SEC(".maps") __weak;
+
+/* Records that did not fit in the ring, per kind: never silent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, AMBER_KIND_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps") __weak;
+
+/* Records are built here (too large for the 512-byte stack), then copied to the ring. */
+struct amber_scratch {
+	__u8 record[2 * AMBER_RECORD_MAX];
+	char path[2 * AMBER_PATH_MAX];
+	__u32 path_pos;
+	__u32 path_truncated;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct amber_scratch);
+} scratch SEC(".maps") __weak;
+
+/* v & mask, kept where the verifier sees it (clang folds a mask it can prove redundant). */
+#define AMBER_BOUND(v, mask) ({ asm volatile("" : "+r"(v)); (v) & (mask); })
+
+static __always_inline struct amber_scratch *scratch_get(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&scratch, &zero);
+}
+
+static __always_inline int ignored_tgid(__u32 tgid)
+{
+	return amber_ignore_tgid != 0 && tgid == amber_ignore_tgid;
+}
+
+/* The common header from the current task. */
+static __always_inline void header_fill(struct amber_header *h, __u8 kind)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+
+	h->kind = kind;
+	h->flags = 0;
+	h->pid = pid_tgid >> 32;
+	h->tid = (__u32)pid_tgid;
+	h->ts = bpf_ktime_get_boot_ns();
+	h->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	h->uid = (__u32)uid_gid;
+	h->gid = uid_gid >> 32;
+	h->cgroup_id = bpf_get_current_cgroup_id();
+	h->mntns = BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
+	h->netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+static __always_inline void drop_count(__u32 kind)
+{
+	__u64 *n = bpf_map_lookup_elem(&drops, &kind);
+	if (n)
+		*n += 1;
+}
+
+/*
+ * Copy a built record to the ring. The reader is woken only once
+ * amber_wakeup_bytes are queued; otherwise it drains on its own timer
+ * (waking it per record costs the traced workload ~4x, see design.md).
+ */
+static __always_inline void record_submit(void *rec, __u32 size)
+{
+	struct amber_header *h = rec;
+	__u64 flags = BPF_RB_NO_WAKEUP;
+
+	if (size > AMBER_RECORD_MAX)
+		size = AMBER_RECORD_MAX;
+	h->size = size;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= amber_wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_output(&events, rec, size, flags) < 0)
+		drop_count(h->kind);
+}
+
+/*
+ * Build the absolute path of (dentry, vfsmnt) as the task sees it: walk the
+ * dentries up to the task's root, crossing mount points. Written backwards
+ * into s->path; returns the start offset, the path ends at AMBER_PATH_MAX.
+ * The write position lives in the map, not a register: the verifier then
+ * sees one state per iteration instead of one per path through the loop.
+ */
+static __always_inline __u32 path_build(struct amber_scratch *s, struct dentry *dentry,
+					struct vfsmount *vfsmnt, int *truncated)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct dentry *root_dentry = BPF_CORE_READ(task, fs, root.dentry);
+	struct vfsmount *root_mnt = BPF_CORE_READ(task, fs, root.mnt);
+	__u64 mnt_off = bpf_core_field_offset(struct mount, mnt);
+	struct mount *mnt = (void *)vfsmnt - mnt_off;
+	__u32 pos;
+	int i;
+
+	s->path_pos = AMBER_PATH_MAX;
+	s->path_truncated = 1;
+	for (i = 0; i < AMBER_PATH_DEPTH; i++) {
+		struct dentry *mnt_root, *parent;
+		struct qstr name;
+		__u32 len;
+
+		if (dentry == root_dentry && vfsmnt == root_mnt) {
+			s->path_truncated = 0;
+			break;
+		}
+		mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
+		parent = BPF_CORE_READ(dentry, d_parent);
+		if (dentry == mnt_root || dentry == parent) {
+			struct mount *mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
+
+			if (dentry != mnt_root || mnt_parent == mnt) {
+				/* the global root, or a mount not attached anywhere (memfd, pipes) */
+				s->path_truncated = 0;
+				break;
+			}
+			dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+			mnt = mnt_parent;
+			vfsmnt = (void *)mnt + mnt_off;
+			continue;
+		}
+		name = BPF_CORE_READ(dentry, d_name);
+		len = name.len;
+		pos = s->path_pos;
+		if (len > AMBER_NAME_MAX || pos > AMBER_PATH_MAX || len + 1 > pos)
+			break; /* truncated: the prefix is lost */
+		pos -= len;
+		bpf_probe_read_kernel(&s->path[pos & (AMBER_PATH_MAX - 1)], len & AMBER_NAME_MAX,
+				      name.name);
+		pos -= 1;
+		s->path[pos & (AMBER_PATH_MAX - 1)] = '/';
+		s->path_pos = pos;
+		dentry = parent;
+	}
+	pos = s->path_pos;
+	if (pos >= AMBER_PATH_MAX) {
+		pos = AMBER_PATH_MAX - 1;
+		s->path[pos] = '/';
+	}
+	*truncated = s->path_truncated;
+	return pos;
+}
+
+/* Append s->path[pos..AMBER_PATH_MAX) to the record at off; returns its length. */
+static __always_inline __u32 path_append(struct amber_scratch *s, __u32 off, __u32 pos)
+{
+	__u32 len = AMBER_PATH_MAX - pos;
+
+	if (len > AMBER_PATH_MAX)
+		return 0;
+	bpf_probe_read_kernel(&s->record[off & (AMBER_RECORD_MAX - 1)], len & (AMBER_PATH_MAX * 2 - 1),
+			      &s->path[pos & (AMBER_PATH_MAX - 1)]);
+	return len;
+}
+
+/* The file behind fd in the current task, or NULL. */
+static __always_inline struct file *fd_file(__u32 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
+	unsigned int max = BPF_CORE_READ(task, files, fdt, max_fds);
+	struct file *f = NULL;
+
+	if (fd >= max)
+		return NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+/* Syscall number and arguments as saved at entry; still valid at sys_exit. */
+static __always_inline long syscall_nr(struct pt_regs *regs)
+{
+#if defined(__TARGET_ARCH_x86)
+	return BPF_CORE_READ(regs, orig_ax);
+#elif defined(__TARGET_ARCH_arm64)
+	return BPF_CORE_READ((struct user_pt_regs *)regs, regs[8]);
+#else
+#error "unsupported architecture"
+#endif
+}
+
+#if defined(__TARGET_ARCH_x86)
+#define NR_open 2
+#define NR_creat 85
+#define NR_openat 257
+#define NR_openat2 437
+#define NR_connect 42
+#define NR_accept 43
+#define NR_accept4 288
+#elif defined(__TARGET_ARCH_arm64)
+#define NR_open -1
+#define NR_creat -1
+#define NR_openat 56
+#define NR_openat2 437
+#define NR_connect 203
+#define NR_accept 202
+#define NR_accept4 242
+#endif
+
+#endif /* AMBER_BPF_H */
