@@ -115,10 +115,14 @@ int RingReader::Append(const void* data, size_t size) {
 void RingReader::Run() {
   while (!stopping_) {
     if (!current_ && !AcquireBatch(true)) continue;
+    // Programs submit without waking us (see record_submit), so the poll
+    // mostly times out: it is the timer. libbpf only consumes rings epoll
+    // reported, hence the explicit consume.
     int n = ring_buffer__poll(ring_, poll_ms_);
+    if (n != -EAGAIN && current_) n = ring_buffer__consume(ring_);
     if (n == -EAGAIN) continue;  // paused: wait for a free batch
-    // Deliver what a poll gathered even when the batch is not full: latency
-    // stays at one poll interval.
+    // Deliver what this round gathered even when the batch is not full:
+    // latency stays at one poll interval.
     Flush();
   }
   // Last drain: whatever the programs wrote before they were detached.

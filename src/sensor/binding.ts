@@ -1,0 +1,58 @@
+/** The native addon (native/), typed. All policy lives in TypeScript; this is only the shape. */
+import path from 'node:path';
+
+export interface NativeSensorOptions {
+  programs: string[];
+  ringBytes?: number;
+  wakeupBytes?: number;
+  ignoreTgid?: number;
+  ovlByInodeSize?: boolean;
+  cgroupPath?: string;
+  batchBytes?: number;
+  batchCount?: number;
+  pollMs?: number;
+}
+
+export interface NativeReaderStats {
+  records: number;
+  bytes: number;
+  batches: number;
+  /** Times the reader waited for JavaScript to hand a batch back. */
+  stalls: number;
+}
+
+export interface NativeSensor {
+  /** Loads and attaches; rejects with an Error carrying code, errno and libbpf's message. */
+  start(): Promise<void>;
+  /** Detaches and frees everything; resolves once every batch has reached onBatch. */
+  stop(): Promise<void>;
+  /** Per enum amber_kind: records the ring had no room for. */
+  drops(): number[];
+  stats(): NativeReaderStats;
+  programs(): string[];
+}
+
+export interface NativeBinding {
+  Sensor: new (options: NativeSensorOptions, onBatch: (batch: Buffer) => void) => NativeSensor;
+  layout(): Record<string, number>;
+  bootToEpochNs(): number;
+}
+
+/** build/native/Release/amber_native.node, from src/ or from dist/src/. */
+export function loadBinding(): NativeBinding {
+  const candidates = [
+    path.resolve(__dirname, '../../build/native/Release/amber_native.node'),
+    path.resolve(__dirname, '../../../build/native/Release/amber_native.node'),
+  ];
+  let lastError: unknown;
+  for (const file of candidates) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      return require(file) as NativeBinding;
+    } catch (err) {
+      lastError = err;
+      if ((err as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw err;
+    }
+  }
+  throw new Error(`the native addon is not built (run npm run build:native): ${String(lastError)}`);
+}

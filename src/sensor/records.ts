@@ -1,0 +1,277 @@
+/**
+ * Wire records (bpf/events.h) → events (events.ts). The offsets below mirror
+ * the C layout; test/e2e/layout.test.ts checks them against what the compiler
+ * laid out (the addon's layout()), so they cannot drift silently.
+ */
+import type { AmberEvent, CommonFields, DnsEvent, EventType, Proto } from './events';
+import { openFlagNames } from './flags';
+import { ipv4ToString, ipv6ToString } from './ip';
+
+/** enum amber_kind */
+export const Kind = {
+  exec: 1,
+  exit: 2,
+  fork: 3,
+  open: 4,
+  connect: 5,
+  accept: 6,
+  dns: 7,
+  cgroup: 8,
+} as const;
+export const KIND_MAX = 9;
+export const KIND_NAMES: ReadonlyArray<string> = ['', 'exec', 'exit', 'fork', 'open', 'connect', 'accept', 'dns', 'cgroup'];
+
+export const Layout = {
+  'amber_header': 64,
+  'amber_header.kind': 0,
+  'amber_header.flags': 1,
+  'amber_header.size': 2,
+  'amber_header.pid': 4,
+  'amber_header.ts': 8,
+  'amber_header.tid': 16,
+  'amber_header.ppid': 20,
+  'amber_header.uid': 24,
+  'amber_header.gid': 28,
+  'amber_header.cgroup_id': 32,
+  'amber_header.mntns': 40,
+  'amber_header.netns': 44,
+  'amber_header.comm': 48,
+  'amber_exec': 72,
+  'amber_exec.filename_len': 64,
+  'amber_exec.exe_path_len': 66,
+  'amber_exec.args_len': 68,
+  'amber_exit': 72,
+  'amber_exit.exit_code': 64,
+  'amber_exit.signal': 68,
+  'amber_fork': 72,
+  'amber_fork.child_pid': 64,
+  'amber_open': 80,
+  'amber_open.ret': 64,
+  'amber_open.flags': 68,
+  'amber_open.mode': 72,
+  'amber_open.path_len': 76,
+  'amber_sock': 112,
+  'amber_sock.ret': 64,
+  'amber_sock.proto': 68,
+  'amber_sock.family': 69,
+  'amber_sock.sport': 70,
+  'amber_sock.dport': 72,
+  'amber_sock.saddr': 80,
+  'amber_sock.daddr': 96,
+  'amber_dns': 104,
+  'amber_dns.proto': 64,
+  'amber_dns.family': 65,
+  'amber_dns.sport': 66,
+  'amber_dns.dport': 68,
+  'amber_dns.payload_len': 70,
+  'amber_dns.saddr': 72,
+  'amber_dns.daddr': 88,
+  'amber_cgroup': 80,
+  'amber_cgroup.id': 64,
+  'amber_cgroup.path_len': 72,
+  AMBER_RECORD_MAX: 4096,
+  AMBER_PATH_MAX: 1024,
+  AMBER_ARGS_MAX: 1024,
+  AMBER_DNS_MAX: 512,
+  AMBER_KIND_MAX: KIND_MAX,
+} as const;
+
+/** AMBER_F_* in events.h */
+export const RecordFlag = {
+  upperLayer: 1 << 0,
+  fileless: 1 << 1,
+  argsTruncated: 1 << 2,
+  pathTruncated: 1 << 3,
+  pathResolved: 1 << 4,
+  ingress: 1 << 5,
+  cgroupRmdir: 1 << 6,
+} as const;
+
+const L = Layout;
+const IPPROTO_TCP = 6;
+const TWO_32 = 4294967296;
+
+/** What decoding needs from the rest of the sensor. */
+export interface DecodeContext {
+  /** CLOCK_REALTIME - CLOCK_BOOTTIME, ns. */
+  bootToEpochNs: number;
+  containerId(cgroupId: number, pid: number, mntns: number): string;
+  onCgroup(id: number, path: string, removed: boolean): void;
+  /** Parses a captured DNS message into the event, or returns null when it is not DNS. */
+  dns(common: CommonFields & SockAddrs, payload: Uint8Array, tcp: boolean, ingress: boolean): DnsEvent | null;
+  /** Records of kinds this version does not know. */
+  onUnknown(kind: number): void;
+}
+
+export interface SockAddrs {
+  proto: Proto;
+  family: 4 | 6;
+  saddr: string;
+  sport: number;
+  daddr: string;
+  dport: number;
+}
+
+function cString(buf: Buffer, start: number, max: number): string {
+  let end = start;
+  const limit = start + max;
+  while (end < limit && buf[end] !== 0) end++;
+  return buf.toString('utf8', start, end);
+}
+
+function addr(buf: Buffer, off: number, family: number): string {
+  return family === 6 ? ipv6ToString(buf, off) : ipv4ToString(buf, off);
+}
+
+/**
+ * Decodes every record of a batch (records back to back, each starting with
+ * its header) and appends the events to `out`. Returns the number of records.
+ * A record whose size is impossible ends the batch: the rest cannot be framed.
+ */
+export function decodeBatch(buf: Buffer, ctx: DecodeContext, out: AmberEvent[]): number {
+  let off = 0;
+  let records = 0;
+  const end = buf.length;
+  while (off + L.amber_header <= end) {
+    const kind = buf[off];
+    const size = buf.readUInt16LE(off + L['amber_header.size']);
+    if (size < L.amber_header || off + size > end) break;
+    records++;
+    const ev = decodeRecord(buf, off, kind, size, ctx);
+    if (ev) out.push(ev);
+    off += size;
+  }
+  return records;
+}
+
+function decodeRecord(buf: Buffer, off: number, kind: number, size: number, ctx: DecodeContext): AmberEvent | null {
+  const flags = buf[off + L['amber_header.flags']];
+  if (kind === Kind.cgroup) {
+    const id = buf.readUInt32LE(off + L['amber_cgroup.id']) + buf.readUInt32LE(off + L['amber_cgroup.id'] + 4) * TWO_32;
+    const len = buf.readUInt16LE(off + L['amber_cgroup.path_len']);
+    const path = buf.toString('utf8', off + L.amber_cgroup, Math.min(off + L.amber_cgroup + len, off + size));
+    ctx.onCgroup(id, path, (flags & RecordFlag.cgroupRmdir) !== 0);
+    return null;
+  }
+  const type = KIND_NAMES[kind] as EventType | undefined;
+  if (type === undefined || kind === 0 || kind >= KIND_MAX) {
+    ctx.onUnknown(kind);
+    return null;
+  }
+  const pid = buf.readUInt32LE(off + L['amber_header.pid']);
+  const cgroupId =
+    buf.readUInt32LE(off + L['amber_header.cgroup_id']) + buf.readUInt32LE(off + L['amber_header.cgroup_id'] + 4) * TWO_32;
+  const mntns = buf.readUInt32LE(off + L['amber_header.mntns']);
+  const common: CommonFields = {
+    type,
+    ts:
+      buf.readUInt32LE(off + L['amber_header.ts']) +
+      buf.readUInt32LE(off + L['amber_header.ts'] + 4) * TWO_32 +
+      ctx.bootToEpochNs,
+    pid,
+    tid: buf.readUInt32LE(off + L['amber_header.tid']),
+    ppid: buf.readUInt32LE(off + L['amber_header.ppid']),
+    uid: buf.readUInt32LE(off + L['amber_header.uid']),
+    gid: buf.readUInt32LE(off + L['amber_header.gid']),
+    comm: cString(buf, off + L['amber_header.comm'], 16),
+    cgroupId,
+    containerId: ctx.containerId(cgroupId, pid, mntns),
+    mntns,
+    netns: buf.readUInt32LE(off + L['amber_header.netns']),
+  };
+  const limit = off + size;
+  switch (kind) {
+    case Kind.exec: {
+      const filenameLen = buf.readUInt16LE(off + L['amber_exec.filename_len']);
+      const exePathLen = buf.readUInt16LE(off + L['amber_exec.exe_path_len']);
+      const argsLen = buf.readUInt16LE(off + L['amber_exec.args_len']);
+      let p = off + L.amber_exec;
+      const filename = buf.toString('utf8', p, Math.min(p + filenameLen, limit));
+      p += filenameLen;
+      const exePath = buf.toString('utf8', p, Math.min(p + exePathLen, limit));
+      p += exePathLen;
+      const args = splitArgs(buf, p, Math.min(p + argsLen, limit));
+      return {
+        ...common,
+        type: 'exec',
+        filename,
+        exePath,
+        args,
+        argsTruncated: (flags & RecordFlag.argsTruncated) !== 0,
+        upperLayer: (flags & RecordFlag.upperLayer) !== 0,
+        fileless: (flags & RecordFlag.fileless) !== 0,
+      };
+    }
+    case Kind.exit:
+      return {
+        ...common,
+        type: 'exit',
+        exitCode: buf.readInt32LE(off + L['amber_exit.exit_code']),
+        signal: buf.readInt32LE(off + L['amber_exit.signal']),
+      };
+    case Kind.fork:
+      return { ...common, type: 'fork', childPid: buf.readUInt32LE(off + L['amber_fork.child_pid']) };
+    case Kind.open: {
+      const openFlags = buf.readUInt32LE(off + L['amber_open.flags']);
+      const pathLen = buf.readUInt16LE(off + L['amber_open.path_len']);
+      const p = off + L.amber_open;
+      return {
+        ...common,
+        type: 'open',
+        path: buf.toString('utf8', p, Math.min(p + pathLen, limit)),
+        flags: openFlags,
+        flagNames: openFlagNames(openFlags),
+        mode: buf.readUInt32LE(off + L['amber_open.mode']),
+        ret: buf.readInt32LE(off + L['amber_open.ret']),
+      };
+    }
+    case Kind.connect:
+    case Kind.accept: {
+      const family = buf[off + L['amber_sock.family']] === 6 ? 6 : 4;
+      return {
+        ...common,
+        type: kind === Kind.connect ? 'connect' : 'accept',
+        proto: buf[off + L['amber_sock.proto']] === IPPROTO_TCP ? 'tcp' : 'udp',
+        family,
+        saddr: addr(buf, off + L['amber_sock.saddr'], family),
+        sport: buf.readUInt16LE(off + L['amber_sock.sport']),
+        daddr: addr(buf, off + L['amber_sock.daddr'], family),
+        dport: buf.readUInt16LE(off + L['amber_sock.dport']),
+        ret: buf.readInt32LE(off + L['amber_sock.ret']),
+      };
+    }
+    case Kind.dns: {
+      const family = buf[off + L['amber_dns.family']] === 6 ? 6 : 4;
+      const tcp = buf[off + L['amber_dns.proto']] === IPPROTO_TCP;
+      const len = buf.readUInt16LE(off + L['amber_dns.payload_len']);
+      const p = off + L.amber_dns;
+      const sock: CommonFields & SockAddrs = {
+        ...common,
+        proto: tcp ? 'tcp' : 'udp',
+        family,
+        saddr: addr(buf, off + L['amber_dns.saddr'], family),
+        sport: buf.readUInt16LE(off + L['amber_dns.sport']),
+        daddr: addr(buf, off + L['amber_dns.daddr'], family),
+        dport: buf.readUInt16LE(off + L['amber_dns.dport']),
+      };
+      return ctx.dns(sock, buf.subarray(p, Math.min(p + len, limit)), tcp, (flags & RecordFlag.ingress) !== 0);
+    }
+    default:
+      ctx.onUnknown(kind);
+      return null;
+  }
+}
+
+/** argv as the kernel keeps it: NUL-separated, the last one NUL-terminated unless cut. */
+function splitArgs(buf: Buffer, start: number, end: number): string[] {
+  const args: string[] = [];
+  let s = start;
+  for (let i = start; i < end; i++) {
+    if (buf[i] === 0) {
+      args.push(buf.toString('utf8', s, i));
+      s = i + 1;
+    }
+  }
+  if (s < end) args.push(buf.toString('utf8', s, end));
+  return args;
+}

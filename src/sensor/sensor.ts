@@ -1,0 +1,193 @@
+/**
+ * The sensor: loads the BPF programs through the addon, decodes each batch the
+ * ring reader hands over, names containers and pairs DNS queries with their
+ * responses. Consumers get arrays of events, never one call per event.
+ */
+import { ContainerResolver } from '../containers/resolver';
+import { loadBinding, type NativeSensor } from './binding';
+import { DnsTracker, parseDnsMessage } from './dns';
+import { EVENT_TYPES, type AmberEvent, type DnsEvent, type EventType } from './events';
+import { preflight } from './preflight';
+import { decodeBatch, KIND_NAMES, type DecodeContext } from './records';
+
+export interface SensorOptions {
+  /** Event types to record; default all. */
+  types?: readonly EventType[];
+  /** Ring buffer bytes (power of two, page multiple). */
+  ringBytes?: number;
+  /** Queued bytes that wake the reader before its timer does. */
+  wakeupBytes?: number;
+  /** The reader drains the ring at least this often. */
+  pollMs?: number;
+  batchBytes?: number;
+  batchCount?: number;
+  /** A process whose events are not recorded (the agent itself); 0 = none. */
+  ignoreTgid?: number;
+  /** How the kernel finds an overlay inode's upper dentry: BTF of ovl_inode, or the inode-size fallback. */
+  overlayProbe?: 'btf' | 'inode-size';
+  /** A DNS query with no response after this long yields an R event with rcode TIMEOUT. */
+  dnsTimeoutMs?: number;
+  /** cgroup v2 root; found (or mounted) when not given. */
+  cgroupRoot?: string;
+  log?: (obj: object, msg: string) => void;
+}
+
+export interface SensorStats {
+  /** Events delivered, per type. */
+  received: Record<EventType, number>;
+  /** Records the kernel could not queue (ring full), per type. Never silent. */
+  drops: Record<EventType, number>;
+  records: number;
+  batches: number;
+  /** Times the reader waited for JavaScript to take a batch. */
+  stalls: number;
+  unknownKinds: number;
+  dnsPending: number;
+}
+
+export type EventsListener = (events: AmberEvent[]) => void;
+
+/** BPF programs (bpf/*.bpf.c) behind each event type. */
+const PROGRAMS: Record<EventType, string[]> = {
+  exec: ['amber_exec'],
+  exit: ['amber_exit'],
+  fork: ['amber_fork'],
+  open: ['amber_open'],
+  connect: ['amber_net'],
+  accept: ['amber_net'],
+  dns: ['amber_dns_egress', 'amber_dns_ingress'],
+};
+/** Always loaded: they name the containers. */
+const CGROUP_PROGRAMS = ['amber_cgroup_mkdir', 'amber_cgroup_rmdir'];
+
+function perType(): Record<EventType, number> {
+  return Object.fromEntries(EVENT_TYPES.map((t) => [t, 0])) as Record<EventType, number>;
+}
+
+export const DEFAULT_SENSOR = {
+  ringBytes: 16 << 20,
+  pollMs: 10,
+  batchBytes: 1 << 20,
+  batchCount: 16,
+  dnsTimeoutMs: 5000,
+} as const;
+
+export class Sensor {
+  private readonly received = perType();
+  private unknownKinds = 0;
+  private expiryTimer?: NodeJS.Timeout;
+  private stopping?: Promise<SensorStats>;
+
+  private constructor(
+    private readonly native: NativeSensor,
+    private readonly types: ReadonlySet<EventType>,
+    private readonly dns: DnsTracker,
+    private readonly onEvents: EventsListener,
+  ) {}
+
+  static async start(options: SensorOptions, onEvents: EventsListener): Promise<Sensor> {
+    const types = new Set(options.types ?? EVENT_TYPES);
+    const host = preflight({ needCgroupSkb: types.has('dns'), cgroupRoot: options.cgroupRoot });
+    const binding = loadBinding();
+    const resolver = new ContainerResolver({ cgroupRoot: host.cgroupRoot, log: options.log });
+    await resolver.init();
+    const dnsTimeoutNs = (options.dnsTimeoutMs ?? DEFAULT_SENSOR.dnsTimeoutMs) * 1e6;
+    const dns = new DnsTracker({ timeoutNs: dnsTimeoutNs });
+
+    const programs = new Set(CGROUP_PROGRAMS);
+    for (const t of types) for (const p of PROGRAMS[t]) programs.add(p);
+    const ringBytes = options.ringBytes ?? DEFAULT_SENSOR.ringBytes;
+
+    let sensor: Sensor | undefined;
+    const ctx: DecodeContext = {
+      bootToEpochNs: binding.bootToEpochNs(),
+      containerId: (cgroupId, pid, mntns) => resolver.containerId(cgroupId, pid, mntns),
+      onCgroup: (id, path, removed) => resolver.onCgroup(id, path, removed),
+      dns: (common, payload, tcp, ingress) => {
+        const msg = parseDnsMessage(payload, tcp);
+        if (!msg) return null;
+        const ev: DnsEvent = { ...common, type: 'dns', ...msg };
+        if (msg.qr === 'Q' && !ingress) dns.onQuery(ev);
+        else if (msg.qr === 'R' && ingress) dns.onResponse(ev);
+        return ev;
+      },
+      onUnknown: () => {
+        if (sensor) sensor.unknownKinds++;
+      },
+    };
+    const batchEvents: AmberEvent[] = [];
+    const native = new binding.Sensor(
+      {
+        programs: [...programs],
+        ringBytes,
+        wakeupBytes: options.wakeupBytes ?? ringBytes / 4,
+        pollMs: options.pollMs ?? DEFAULT_SENSOR.pollMs,
+        batchBytes: options.batchBytes ?? DEFAULT_SENSOR.batchBytes,
+        batchCount: options.batchCount ?? DEFAULT_SENSOR.batchCount,
+        ignoreTgid: options.ignoreTgid ?? 0,
+        ovlByInodeSize: options.overlayProbe === 'inode-size',
+        cgroupPath: host.cgroupRoot,
+      },
+      (batch) => {
+        ctx.bootToEpochNs = binding.bootToEpochNs();
+        batchEvents.length = 0;
+        decodeBatch(batch, ctx, batchEvents);
+        sensor?.deliver(batchEvents);
+      },
+    );
+    sensor = new Sensor(native, types, dns, onEvents);
+    await native.start();
+    sensor.expiryTimer = setInterval(() => sensor?.expireDns(), 100);
+    sensor.expiryTimer.unref();
+    return sensor;
+  }
+
+  /** Counts and hands on one batch, without the types nobody asked for (connect and accept share a program). */
+  private deliver(events: AmberEvent[]): void {
+    let out = events;
+    if (this.types.size < EVENT_TYPES.length) out = events.filter((e) => this.types.has(e.type));
+    if (out.length === 0) return;
+    for (const e of out) this.received[e.type]++;
+    // A copy: the listener may keep the array; the decoder reuses its own.
+    this.onEvents(out === events ? out.slice() : out);
+  }
+
+  private expireDns(): void {
+    if (this.dns.pending() === 0) return;
+    const timeouts = this.dns.expire(Date.now() * 1e6);
+    if (timeouts.length > 0) this.deliver(timeouts);
+  }
+
+  stats(): SensorStats {
+    const drops = perType();
+    const raw = this.native.drops();
+    for (let kind = 1; kind < raw.length; kind++) {
+      const name = KIND_NAMES[kind] as EventType;
+      if (name in drops) drops[name] += raw[kind];
+    }
+    const reader = this.native.stats();
+    return {
+      received: { ...this.received },
+      drops,
+      records: reader.records,
+      batches: reader.batches,
+      stalls: reader.stalls,
+      unknownKinds: this.unknownKinds,
+      dnsPending: this.dns.pending(),
+    };
+  }
+
+  programs(): string[] {
+    return this.native.programs();
+  }
+
+  /** Detaches everything; resolves after the last batch was delivered. Idempotent. */
+  stop(): Promise<SensorStats> {
+    this.stopping ??= (async () => {
+      clearInterval(this.expiryTimer);
+      await this.native.stop();
+      return this.stats();
+    })();
+    return this.stopping;
+  }
+}
