@@ -23,6 +23,10 @@
 extern const volatile __u32 amber_ignore_tgid;    /* the agent itself; 0 = none */
 extern const volatile __u64 amber_wakeup_bytes;   /* wake the reader once this much is queued */
 extern const volatile __u8 amber_ovl_by_inode_size; /* 1 = skip the ovl_inode BTF path (tests) */
+extern const volatile __u32 amber_families;       /* AMBER_FAMILY_*: what the sys_exit dispatcher hands on */
+
+#define AMBER_FAMILY_FILE (1 << 0)
+#define AMBER_FAMILY_NET (1 << 1)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -66,8 +70,33 @@ static __always_inline int ignored_tgid(__u32 tgid)
 	return amber_ignore_tgid != 0 && tgid == amber_ignore_tgid;
 }
 
-/* The common header from the current task. */
+/*
+ * The common header from the current task, for tracing programs: the task is
+ * a BTF pointer, so the walks below are plain loads, not probe-read helper
+ * calls (measured: the helper calls were most of an open record's cost).
+ */
 static __always_inline void header_fill(struct amber_header *h, __u8 kind)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+
+	h->kind = kind;
+	h->flags = 0;
+	h->pid = pid_tgid >> 32;
+	h->tid = (__u32)pid_tgid;
+	h->ts = bpf_ktime_get_boot_ns();
+	h->ppid = task->real_parent->tgid;
+	h->uid = (__u32)uid_gid;
+	h->gid = uid_gid >> 32;
+	h->cgroup_id = bpf_get_current_cgroup_id();
+	h->mntns = task->nsproxy->mnt_ns->ns.inum;
+	h->netns = task->nsproxy->net_ns->ns.inum;
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+/* The same for programs that have no BTF task (cgroup_skb): probe reads. */
+static __always_inline void header_fill_probed(struct amber_header *h, __u8 kind)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -205,17 +234,25 @@ static __always_inline struct file *fd_file(__u32 fd)
 	return f;
 }
 
-/* Syscall number and arguments as saved at entry; still valid at sys_exit. */
-static __always_inline long syscall_nr(struct pt_regs *regs)
-{
+/*
+ * Syscall number and arguments as saved at entry; still valid at sys_exit.
+ * regs is the tp_btf argument, a BTF pointer: plain loads.
+ */
 #if defined(__TARGET_ARCH_x86)
-	return BPF_CORE_READ(regs, orig_ax);
+#define SYSCALL_NR(regs) ((regs)->orig_ax)
+#define SYSCALL_ARG1(regs) ((regs)->di)
+#define SYSCALL_ARG2(regs) ((regs)->si)
+#define SYSCALL_ARG3(regs) ((regs)->dx)
+#define SYSCALL_ARG4(regs) ((regs)->r10)
 #elif defined(__TARGET_ARCH_arm64)
-	return BPF_CORE_READ((struct user_pt_regs *)regs, regs[8]);
+#define SYSCALL_NR(regs) ((regs)->syscallno)
+#define SYSCALL_ARG1(regs) ((regs)->orig_x0)
+#define SYSCALL_ARG2(regs) ((regs)->regs[1])
+#define SYSCALL_ARG3(regs) ((regs)->regs[2])
+#define SYSCALL_ARG4(regs) ((regs)->regs[3])
 #else
 #error "unsupported architecture"
 #endif
-}
 
 #if defined(__TARGET_ARCH_x86)
 #define NR_open 2

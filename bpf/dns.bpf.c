@@ -116,7 +116,7 @@ static __always_inline void on_packet(struct __sk_buff *skb, int ingress)
 	if (!owner)
 		return;
 	if (!ingress && owner->hdr.kind == 0)
-		header_fill(&owner->hdr, AMBER_DNS);
+		header_fill_probed(&owner->hdr, AMBER_DNS);
 	if (owner->hdr.kind == 0)
 		return; /* a response to a socket never seen sending */
 	if (ignored_tgid(owner->hdr.pid))

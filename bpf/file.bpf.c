@@ -1,45 +1,23 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
-/* File opens, taken at syscall exit so one program sees the arguments and the result. */
+/* File opens, taken at syscall exit: the arguments and the result in one place. */
 #include "amber.bpf.h"
 
 #define AMBER_O_CREAT 0100
-#define AMBER_O_WRONLY 01
-#define AMBER_O_TRUNC 01000
+#define AMBER_O_TMPFILE 020000000
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(amber_open, struct pt_regs *regs, long ret)
+/*
+ * Called by the sys_exit dispatcher (syscalls.bpf.c) for open, openat,
+ * openat2 and creat, with their arguments decoded. Global (not inlined): the
+ * verifier checks it once, and the dispatcher stays one program.
+ */
+__noinline int amber_file_open(__u64 upath_addr, __u32 flags, __u32 mode, long ret)
 {
-	long nr = syscall_nr(regs);
-	const char *upath;
-	__u32 flags, mode, off;
+	const char *upath = (const char *)upath_addr;
 	struct amber_scratch *s;
 	struct amber_open *e;
+	__u32 off;
 	long n;
 
-	if (nr == NR_openat) {
-		upath = (const char *)PT_REGS_PARM2_CORE_SYSCALL(regs);
-		flags = PT_REGS_PARM3_CORE_SYSCALL(regs);
-		mode = PT_REGS_PARM4_CORE_SYSCALL(regs);
-	} else if (nr == NR_open) {
-		upath = (const char *)PT_REGS_PARM1_CORE_SYSCALL(regs);
-		flags = PT_REGS_PARM2_CORE_SYSCALL(regs);
-		mode = PT_REGS_PARM3_CORE_SYSCALL(regs);
-	} else if (nr == NR_openat2) {
-		struct open_how how = {};
-
-		upath = (const char *)PT_REGS_PARM2_CORE_SYSCALL(regs);
-		bpf_probe_read_user(&how, sizeof(how), (void *)PT_REGS_PARM3_CORE_SYSCALL(regs));
-		flags = how.flags;
-		mode = how.mode;
-	} else if (nr == NR_creat) {
-		upath = (const char *)PT_REGS_PARM1_CORE_SYSCALL(regs);
-		flags = AMBER_O_CREAT | AMBER_O_WRONLY | AMBER_O_TRUNC;
-		mode = PT_REGS_PARM2_CORE_SYSCALL(regs);
-	} else {
-		return 0;
-	}
-	if (ignored_tgid(bpf_get_current_pid_tgid() >> 32))
-		return 0;
 	s = scratch_get();
 	if (!s)
 		return 0;
@@ -47,7 +25,7 @@ int BPF_PROG(amber_open, struct pt_regs *regs, long ret)
 	header_fill(&e->hdr, AMBER_OPEN);
 	e->ret = ret;
 	e->flags = flags;
-	e->mode = (flags & AMBER_O_CREAT) ? mode : 0;
+	e->mode = (flags & (AMBER_O_CREAT | AMBER_O_TMPFILE)) ? mode : 0;
 	e->_pad = 0;
 	off = sizeof(*e);
 

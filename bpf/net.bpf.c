@@ -68,28 +68,30 @@ static __always_inline struct amber_sock *sock_record(__u8 kind, long ret)
 	return e;
 }
 
-/* connect: the destination as the process asked (the socket may already be reset on failure). */
-static __always_inline void on_connect(struct pt_regs *regs, long ret)
+/*
+ * connect, from the sys_exit dispatcher (syscalls.bpf.c): the destination as
+ * the process asked (the socket may already be reset on failure).
+ */
+__noinline int amber_net_connect(__u32 fd, __u64 uaddr_addr, long ret)
 {
-	__u32 fd = PT_REGS_PARM1_CORE_SYSCALL(regs);
-	void *uaddr = (void *)PT_REGS_PARM2_CORE_SYSCALL(regs);
+	void *uaddr = (void *)uaddr_addr;
 	struct sockaddr_in6 sa = {};
 	struct amber_sock *e;
 	struct sock *sk;
 
 	sk = inet_sock_of(fd);
 	if (!sk)
-		return;
+		return 0;
 	/* read the short form first: the caller's buffer may be only that long */
 	if (bpf_probe_read_user(&sa, sizeof(struct sockaddr_in), uaddr) < 0)
-		return;
+		return 0;
 	if (sa.sin6_family == AMBER_AF_INET6 && bpf_probe_read_user(&sa, sizeof(sa), uaddr) < 0)
-		return;
+		return 0;
 	if (sa.sin6_family != AMBER_AF_INET && sa.sin6_family != AMBER_AF_INET6)
-		return; /* AF_UNSPEC disconnects a UDP socket */
+		return 0; /* AF_UNSPEC disconnects a UDP socket */
 	e = sock_record(AMBER_CONNECT, ret);
 	if (!e)
-		return;
+		return 0;
 	sock_addrs(e, sk, 0);
 	e->dport = bpf_ntohs(sa.sin6_port);
 	if (sa.sin6_family == AMBER_AF_INET6) {
@@ -102,38 +104,27 @@ static __always_inline void on_connect(struct pt_regs *regs, long ret)
 		__builtin_memcpy(e->daddr, &in->sin_addr, 4);
 	}
 	record_submit(e, sizeof(*e));
+	return 0;
 }
 
-/* accept: the new socket holds both ends. Failed accepts are left out (EAGAIN floods). */
-static __always_inline void on_accept(long ret)
+/*
+ * accept and accept4, from the sys_exit dispatcher: the new socket holds both
+ * ends. Failed accepts are left out (non-blocking servers flood EAGAIN).
+ */
+__noinline int amber_net_accept(long ret)
 {
 	struct amber_sock *e;
 	struct sock *sk;
 
 	if (ret < 0)
-		return;
+		return 0;
 	sk = inet_sock_of(ret);
 	if (!sk)
-		return;
+		return 0;
 	e = sock_record(AMBER_ACCEPT, ret);
 	if (!e)
-		return;
+		return 0;
 	sock_addrs(e, sk, 1);
 	record_submit(e, sizeof(*e));
-}
-
-SEC("tp_btf/sys_exit")
-int BPF_PROG(amber_net, struct pt_regs *regs, long ret)
-{
-	long nr = syscall_nr(regs);
-
-	if (nr != NR_connect && nr != NR_accept && nr != NR_accept4)
-		return 0;
-	if (ignored_tgid(bpf_get_current_pid_tgid() >> 32))
-		return 0;
-	if (nr == NR_connect)
-		on_connect(regs, ret);
-	else
-		on_accept(ret);
 	return 0;
 }

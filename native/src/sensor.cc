@@ -105,6 +105,7 @@ Sensor::Sensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Sensor>(info) 
   options_.wakeup_bytes = NumberOption(o, "wakeupBytes", options_.wakeup_bytes);
   options_.ignore_tgid = NumberOption(o, "ignoreTgid", 0);
   options_.ovl_by_inode_size = o.Get("ovlByInodeSize").ToBoolean();
+  options_.syscall_families = NumberOption(o, "syscallFamilies", 0);
   options_.batch_bytes = NumberOption(o, "batchBytes", options_.batch_bytes);
   options_.batch_count = NumberOption(o, "batchCount", options_.batch_count);
   options_.poll_ms = NumberOption(o, "pollMs", options_.poll_ms);
@@ -133,6 +134,7 @@ int Sensor::Load(std::string* error) {
   skel_->rodata->amber_ignore_tgid = options_.ignore_tgid;
   skel_->rodata->amber_wakeup_bytes = options_.wakeup_bytes;
   skel_->rodata->amber_ovl_by_inode_size = options_.ovl_by_inode_size ? 1 : 0;
+  skel_->rodata->amber_families = options_.syscall_families;
   int err = bpf_map__set_max_entries(skel_->maps.events, options_.ring_bytes);
   if (err) {
     *error = "setting the ring size (a power of 2, multiple of the page size)";

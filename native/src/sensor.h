@@ -20,6 +20,7 @@ struct SensorOptions {
   uint64_t wakeup_bytes = 4u << 20;
   uint32_t ignore_tgid = 0;
   bool ovl_by_inode_size = false;
+  uint32_t syscall_families = 0;  // AMBER_FAMILY_* bits for the sys_exit dispatcher
   std::string cgroup_path;  // cgroup v2 root, for the cgroup_skb programs
   uint32_t batch_bytes = 1u << 20;
   uint32_t batch_count = 16;

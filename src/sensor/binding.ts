@@ -7,6 +7,8 @@ export interface NativeSensorOptions {
   wakeupBytes?: number;
   ignoreTgid?: number;
   ovlByInodeSize?: boolean;
+  /** AMBER_FAMILY_* bits: what the sys_exit dispatcher hands on (1 file, 2 net). */
+  syscallFamilies?: number;
   cgroupPath?: string;
   batchBytes?: number;
   batchCount?: number;

@@ -3,7 +3,7 @@
  * the C layout; test/e2e/layout.test.ts checks them against what the compiler
  * laid out (the addon's layout()), so they cannot drift silently.
  */
-import type { AmberEvent, CommonFields, DnsEvent, EventType, Proto } from './events';
+import type { AmberEvent, CommonFields, DnsEvent, Proto } from './events';
 import { openFlagNames } from './flags';
 import { ipv4ToString, ipv6ToString } from './ip';
 
@@ -144,6 +144,11 @@ export function decodeBatch(buf: Buffer, ctx: DecodeContext, out: AmberEvent[]):
   return records;
 }
 
+/*
+ * Each event is built as one object literal with every field (no spread of a
+ * common part): V8 then gives all events of a type one shape, and decoding
+ * stays allocation-light on the hot path (measured: spreading cost ~3x).
+ */
 function decodeRecord(buf: Buffer, off: number, kind: number, size: number, ctx: DecodeContext): AmberEvent | null {
   const flags = buf[off + L['amber_header.flags']];
   if (kind === Kind.cgroup) {
@@ -153,8 +158,7 @@ function decodeRecord(buf: Buffer, off: number, kind: number, size: number, ctx:
     ctx.onCgroup(id, path, (flags & RecordFlag.cgroupRmdir) !== 0);
     return null;
   }
-  const type = KIND_NAMES[kind] as EventType | undefined;
-  if (type === undefined || kind === 0 || kind >= KIND_MAX) {
+  if (kind === 0 || kind >= KIND_MAX) {
     ctx.onUnknown(kind);
     return null;
   }
@@ -162,23 +166,15 @@ function decodeRecord(buf: Buffer, off: number, kind: number, size: number, ctx:
   const cgroupId =
     buf.readUInt32LE(off + L['amber_header.cgroup_id']) + buf.readUInt32LE(off + L['amber_header.cgroup_id'] + 4) * TWO_32;
   const mntns = buf.readUInt32LE(off + L['amber_header.mntns']);
-  const common: CommonFields = {
-    type,
-    ts:
-      buf.readUInt32LE(off + L['amber_header.ts']) +
-      buf.readUInt32LE(off + L['amber_header.ts'] + 4) * TWO_32 +
-      ctx.bootToEpochNs,
-    pid,
-    tid: buf.readUInt32LE(off + L['amber_header.tid']),
-    ppid: buf.readUInt32LE(off + L['amber_header.ppid']),
-    uid: buf.readUInt32LE(off + L['amber_header.uid']),
-    gid: buf.readUInt32LE(off + L['amber_header.gid']),
-    comm: cString(buf, off + L['amber_header.comm'], 16),
-    cgroupId,
-    containerId: ctx.containerId(cgroupId, pid, mntns),
-    mntns,
-    netns: buf.readUInt32LE(off + L['amber_header.netns']),
-  };
+  const ts =
+    buf.readUInt32LE(off + L['amber_header.ts']) + buf.readUInt32LE(off + L['amber_header.ts'] + 4) * TWO_32 + ctx.bootToEpochNs;
+  const tid = buf.readUInt32LE(off + L['amber_header.tid']);
+  const ppid = buf.readUInt32LE(off + L['amber_header.ppid']);
+  const uid = buf.readUInt32LE(off + L['amber_header.uid']);
+  const gid = buf.readUInt32LE(off + L['amber_header.gid']);
+  const comm = commString(buf, off + L['amber_header.comm']);
+  const containerId = ctx.containerId(cgroupId, pid, mntns);
+  const netns = buf.readUInt32LE(off + L['amber_header.netns']);
   const limit = off + size;
   switch (kind) {
     case Kind.exec: {
@@ -190,13 +186,11 @@ function decodeRecord(buf: Buffer, off: number, kind: number, size: number, ctx:
       p += filenameLen;
       const exePath = buf.toString('utf8', p, Math.min(p + exePathLen, limit));
       p += exePathLen;
-      const args = splitArgs(buf, p, Math.min(p + argsLen, limit));
       return {
-        ...common,
-        type: 'exec',
+        type: 'exec', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns,
         filename,
         exePath,
-        args,
+        args: splitArgs(buf, p, Math.min(p + argsLen, limit)),
         argsTruncated: (flags & RecordFlag.argsTruncated) !== 0,
         upperLayer: (flags & RecordFlag.upperLayer) !== 0,
         fileless: (flags & RecordFlag.fileless) !== 0,
@@ -204,20 +198,21 @@ function decodeRecord(buf: Buffer, off: number, kind: number, size: number, ctx:
     }
     case Kind.exit:
       return {
-        ...common,
-        type: 'exit',
+        type: 'exit', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns,
         exitCode: buf.readInt32LE(off + L['amber_exit.exit_code']),
         signal: buf.readInt32LE(off + L['amber_exit.signal']),
       };
     case Kind.fork:
-      return { ...common, type: 'fork', childPid: buf.readUInt32LE(off + L['amber_fork.child_pid']) };
+      return {
+        type: 'fork', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns,
+        childPid: buf.readUInt32LE(off + L['amber_fork.child_pid']),
+      };
     case Kind.open: {
       const openFlags = buf.readUInt32LE(off + L['amber_open.flags']);
       const pathLen = buf.readUInt16LE(off + L['amber_open.path_len']);
       const p = off + L.amber_open;
       return {
-        ...common,
-        type: 'open',
+        type: 'open', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns,
         path: buf.toString('utf8', p, Math.min(p + pathLen, limit)),
         flags: openFlags,
         flagNames: openFlagNames(openFlags),
@@ -229,8 +224,7 @@ function decodeRecord(buf: Buffer, off: number, kind: number, size: number, ctx:
     case Kind.accept: {
       const family = buf[off + L['amber_sock.family']] === 6 ? 6 : 4;
       return {
-        ...common,
-        type: kind === Kind.connect ? 'connect' : 'accept',
+        type: kind === Kind.connect ? 'connect' : 'accept', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns,
         proto: buf[off + L['amber_sock.proto']] === IPPROTO_TCP ? 'tcp' : 'udp',
         family,
         saddr: addr(buf, off + L['amber_sock.saddr'], family),
@@ -246,7 +240,7 @@ function decodeRecord(buf: Buffer, off: number, kind: number, size: number, ctx:
       const len = buf.readUInt16LE(off + L['amber_dns.payload_len']);
       const p = off + L.amber_dns;
       const sock: CommonFields & SockAddrs = {
-        ...common,
+        type: 'dns', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns,
         proto: tcp ? 'tcp' : 'udp',
         family,
         saddr: addr(buf, off + L['amber_dns.saddr'], family),
@@ -260,6 +254,22 @@ function decodeRecord(buf: Buffer, off: number, kind: number, size: number, ctx:
       ctx.onUnknown(kind);
       return null;
   }
+}
+
+/*
+ * comm is 16 bytes, NUL-padded, and a node has few distinct ones: cache the
+ * strings by their bytes (two 64-bit halves) instead of decoding each time.
+ */
+const commCache = new Map<bigint, string>();
+function commString(buf: Buffer, start: number): string {
+  const key = (buf.readBigUInt64LE(start + 8) << 64n) | buf.readBigUInt64LE(start);
+  let comm = commCache.get(key);
+  if (comm === undefined) {
+    comm = cString(buf, start, 16);
+    if (commCache.size > 4096) commCache.clear();
+    commCache.set(key, comm);
+  }
+  return comm;
 }
 
 /** argv as the kernel keeps it: NUL-separated, the last one NUL-terminated unless cut. */

@@ -52,11 +52,13 @@ const PROGRAMS: Record<EventType, string[]> = {
   exec: ['amber_exec'],
   exit: ['amber_exit'],
   fork: ['amber_fork'],
-  open: ['amber_open'],
-  connect: ['amber_net'],
-  accept: ['amber_net'],
+  open: ['amber_sys_exit'],
+  connect: ['amber_sys_exit'],
+  accept: ['amber_sys_exit'],
   dns: ['amber_dns_egress', 'amber_dns_ingress'],
 };
+/** AMBER_FAMILY_* (bpf/amber.bpf.h): the families the sys_exit dispatcher serves. */
+const SYSCALL_FAMILY: Partial<Record<EventType, number>> = { open: 1, connect: 2, accept: 2 };
 /** Always loaded: they name the containers. */
 const CGROUP_PROGRAMS = ['amber_cgroup_mkdir', 'amber_cgroup_rmdir'];
 
@@ -126,6 +128,7 @@ export class Sensor {
         batchCount: options.batchCount ?? DEFAULT_SENSOR.batchCount,
         ignoreTgid: options.ignoreTgid ?? 0,
         ovlByInodeSize: options.overlayProbe === 'inode-size',
+        syscallFamilies: [...types].reduce((bits, t) => bits | (SYSCALL_FAMILY[t] ?? 0), 0),
         cgroupPath: host.cgroupRoot,
       },
       (batch) => {
@@ -142,7 +145,7 @@ export class Sensor {
     return sensor;
   }
 
-  /** Counts and hands on one batch, without the types nobody asked for (connect and accept share a program). */
+  /** Counts and hands on one batch, without the types nobody asked for (connect and accept share a family). */
   private deliver(events: AmberEvent[]): void {
     let out = events;
     if (this.types.size < EVENT_TYPES.length) out = events.filter((e) => this.types.has(e.type));
