@@ -18,6 +18,8 @@ __noinline int amber_file_open(__u64 upath_addr, __u32 flags, __u32 mode, long r
 	__u32 off;
 	long n;
 
+	if (ignored_tgid(bpf_get_current_pid_tgid() >> 32))
+		return 0;
 	s = scratch_get();
 	if (!s)
 		return 0;

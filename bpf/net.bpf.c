@@ -79,6 +79,8 @@ __noinline int amber_net_connect(__u32 fd, __u64 uaddr_addr, long ret)
 	struct amber_sock *e;
 	struct sock *sk;
 
+	if (ignored_tgid(bpf_get_current_pid_tgid() >> 32))
+		return 0;
 	sk = inet_sock_of(fd);
 	if (!sk)
 		return 0;
@@ -116,7 +118,7 @@ __noinline int amber_net_accept(long ret)
 	struct amber_sock *e;
 	struct sock *sk;
 
-	if (ret < 0)
+	if (ret < 0 || ignored_tgid(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	sk = inet_sock_of(ret);
 	if (!sk)

@@ -103,6 +103,7 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
     for (const e of events) if (matchesFilter(e, filter)) text += `${formatEvent(e, format)}\n`;
     if (text) out.write(text);
   });
+  err.write(`amber: tracing ${types.join(',')} (${timeoutMs !== undefined ? `for ${timeoutMs / 1000}s` : 'Ctrl-C to stop'})\n`);
 
   await new Promise<void>((resolve) => {
     const done = () => {
