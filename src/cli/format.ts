@@ -1,67 +1,93 @@
-/** How events are shown: JSON lines (the public field names) or a readable table. */
+/**
+ * How events are shown: JSON lines (the public field names) or a table, for
+ * `amber trace` and `amber buffer query` alike.
+ */
+import { constants as osConstants } from 'node:os';
 import type { AmberEvent } from '../sensor/events';
+import { formatTs } from '../time';
+import { UsageError } from './usage';
 
 export type OutputFormat = 'json' | 'columns';
 
 export function parseOutputFormat(text: string | undefined): OutputFormat {
   const f = text ?? 'columns';
-  if (f !== 'json' && f !== 'columns') throw new Error(`unknown output format "${f}" (json or columns)`);
+  if (f !== 'json' && f !== 'columns') throw new UsageError(`-o must be columns or json, got "${f}"`);
   return f;
 }
 
-export function toJsonLine(e: AmberEvent): string {
-  return JSON.stringify(e);
+export function formatEvent(e: AmberEvent, format: OutputFormat): string {
+  return format === 'json' ? JSON.stringify(e) : formatColumns(e);
 }
 
-function pad(s: string, n: number): string {
-  return s.length >= n ? s : s + ' '.repeat(n - s.length);
+export const COLUMNS_HEADER = `${'TIME(UTC)'.padEnd(12)}  ${'CONTAINER'.padEnd(12)}  ${'PID'.padStart(7)}  ${'COMM'.padEnd(16)}  ${'TYPE'.padEnd(7)}  DETAILS`;
+
+/** One event as a table row: time HH:MM:SS.mmm (UTC), container (12 chars or "host"), pid, comm, type, the type's key fields. */
+export function formatColumns(ev: AmberEvent): string {
+  const time = Number.isFinite(ev.ts) ? formatTs(ev.ts).slice(11, 23) : '?';
+  const container = ev.containerId ? clean(String(ev.containerId).slice(0, 12)) : 'host';
+  let text: string;
+  try {
+    text = details(ev);
+  } catch {
+    text = clean(JSON.stringify(ev)); // not a contract shape: show it whole
+  }
+  return `${time.padEnd(12)}  ${container.padEnd(12)}  ${String(ev.pid).padStart(7)}  ${clean(String(ev.comm)).padEnd(16)}  ${String(ev.type).padEnd(7)}  ${text}`;
+}
+
+function details(ev: AmberEvent): string {
+  switch (ev.type) {
+    case 'exec': {
+      const marks = [ev.upperLayer && '[upper-layer]', ev.fileless && '[fileless]', ev.argsTruncated && '[args truncated]'].filter(Boolean);
+      const exe = ev.exePath || ev.filename;
+      const as = ev.filename && ev.filename !== exe ? ` (as ${clean(ev.filename)})` : '';
+      return [`${clean(exe)}${as}`, ev.args.map(quoteArg).join(' '), ...marks].filter(Boolean).join('  ');
+    }
+    case 'exit':
+      return ev.signal ? `signal ${ev.signal}${name(SIGNALS, ev.signal)}` : `code ${ev.exitCode}`;
+    case 'fork':
+      return `child ${ev.childPid}`;
+    case 'open':
+      return `${clean(ev.path)}  ${ev.flagNames.join('|')}  ${ev.ret >= 0 ? `fd ${ev.ret}` : `${ev.ret}${name(ERRNOS, -ev.ret)}`}`;
+    case 'connect':
+    case 'accept': {
+      const result = ev.ret < 0 ? `  ${ev.ret}${name(ERRNOS, -ev.ret)}` : '';
+      return `${ev.proto} ${hostPort(ev.saddr, ev.sport)} -> ${hostPort(ev.daddr, ev.dport)}${result}`;
+    }
+    case 'dns': {
+      if (ev.qr === 'Q') return `Q ${clean(ev.qtype)} ${clean(ev.name)}`;
+      const latency = ev.latencyNs !== undefined ? `  (${(ev.latencyNs / 1e6).toFixed(1)} ms)` : '';
+      return `R ${clean(ev.qtype)} ${clean(ev.name)} ${clean(ev.rcode)}${ev.answers.length ? ` ${ev.answers.map(clean).join(',')}` : ''}${latency}`;
+    }
+    default:
+      return '';
+  }
 }
 
 function hostPort(addr: string, port: number): string {
   return addr.includes(':') ? `[${addr}]:${port}` : `${addr}:${port}`;
 }
 
-/** Local time of day, HH:MM:SS.mmm. */
-export function clockTime(tsNs: number): string {
-  const d = new Date(Math.floor(tsNs / 1e6));
-  const two = (n: number) => String(n).padStart(2, '0');
-  return `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}.${String(d.getMilliseconds()).padStart(3, '0')}`;
+/** Arguments quoted when they would read ambiguously. */
+function quoteArg(arg: string): string {
+  return arg === '' || /[\s"'\\]/.test(arg) || /[\x00-\x1f\x7f-\x9f]/.test(arg) ? JSON.stringify(arg) : arg;
 }
 
-/** The type's key fields, in one line. */
-export function details(e: AmberEvent): string {
-  switch (e.type) {
-    case 'exec': {
-      const marks = [e.upperLayer ? '[upper-layer]' : '', e.fileless ? '[fileless]' : '', e.argsTruncated ? '[args-truncated]' : '']
-        .filter(Boolean)
-        .join(' ');
-      return [e.exePath, ...e.args.slice(1)].join(' ') + (marks ? ` ${marks}` : '');
-    }
-    case 'exit':
-      return e.signal ? `signal=${e.signal}` : `code=${e.exitCode}`;
-    case 'fork':
-      return `child=${e.childPid}`;
-    case 'open':
-      return `${e.path} ${e.flagNames.join('|')} ret=${e.ret}`;
-    case 'connect':
-    case 'accept':
-      return `${e.proto} ${hostPort(e.saddr, e.sport)} -> ${hostPort(e.daddr, e.dport)} ret=${e.ret}`;
-    case 'dns': {
-      const head = `${e.qr} ${e.qtype} ${e.name} id=${e.id}`;
-      if (e.qr === 'Q') return head;
-      const latency = e.latencyNs !== undefined ? ` ${(e.latencyNs / 1e6).toFixed(3)}ms` : '';
-      return `${head} ${e.rcode}${e.answers.length ? ` [${e.answers.join(', ')}]` : ''}${latency}`;
-    }
-  }
+/** Paths, names and args come from the watched workloads: never let them drive the terminal. */
+export function clean(text: string): string {
+  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }
 
-export const COLUMNS_HEADER = `${pad('TIME', 13)}${pad('CONTAINER', 14)}${pad('PID', 8)}${pad('COMM', 17)}${pad('TYPE', 8)}DETAILS`;
+const SIGNALS = invert(osConstants.signals as unknown as Record<string, number>);
+const ERRNOS = invert(osConstants.errno as unknown as Record<string, number>);
 
-export function toColumnsLine(e: AmberEvent): string {
-  const container = e.containerId ? e.containerId.slice(0, 12) : 'host';
-  return `${pad(clockTime(e.ts), 13)}${pad(container, 14)}${pad(String(e.pid), 8)}${pad(e.comm, 17)}${pad(e.type, 8)}${details(e)}`;
+function invert(table: Record<string, number>): Map<number, string> {
+  const map = new Map<number, string>();
+  for (const [key, value] of Object.entries(table)) if (!map.has(value)) map.set(value, key);
+  return map;
 }
 
-export function formatEvent(e: AmberEvent, format: OutputFormat): string {
-  return format === 'json' ? toJsonLine(e) : toColumnsLine(e);
+function name(table: Map<number, string>, n: number): string {
+  const found = table.get(n);
+  return found ? ` (${found})` : '';
 }
+

@@ -1,17 +1,31 @@
 #!/usr/bin/env node
 /** The amber command: the only place that reads argv and sets the exit code. */
-import { traceCommand, UsageError } from './trace';
+import { agentCommand } from './agent';
+import { bufferQuery, bufferStats } from './buffer';
+import { traceCommand } from './trace';
+import { UsageError } from './usage';
 
 const USAGE = `usage: amber <command> [options]
 commands:
+  agent                       record every event of this node into the rolling buffer (the daemon)
   trace <type|all> --local    stream events from this node's kernel (exec, exit, fork, open, connect, accept, dns)
+  buffer query                search a buffer's events (works offline on a data dir or a copy of one)
+  buffer stats                what a buffer holds
 run "amber <command> --help" for a command's options`;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
+    case 'agent':
+      return agentCommand(rest, process.stdout, process.env);
     case 'trace':
       return traceCommand(rest, process.stdout, process.stderr);
+    case 'buffer': {
+      const [sub, ...args] = rest;
+      if (sub === 'query') return bufferQuery(args, process.stdout, process.stderr);
+      if (sub === 'stats') return bufferStats(args, process.stdout, process.stderr);
+      throw new UsageError('usage: amber buffer query|stats [options] (--help for each)');
+    }
     case undefined:
     case 'help':
     case '--help':

@@ -3,10 +3,11 @@
  * its events, like Inspektor Gadget's trace gadgets.
  */
 import { parseArgs } from 'node:util';
-import { EVENT_TYPES, type AmberEvent, type EventType } from '../sensor/events';
+import { EVENT_TYPES, type AmberEvent } from '../sensor/events';
 import { Sensor, type SensorStats } from '../sensor/sensor';
-import { parseDurationMs } from './duration';
+import { parseDurationMs } from '../time';
 import { COLUMNS_HEADER, formatEvent, parseOutputFormat } from './format';
+import { parseEventTypes, UsageError } from './usage';
 
 export const TRACE_USAGE = `usage: amber trace <${EVENT_TYPES.join('|')}|all> --local [options]
   -o, --output json|columns   output format (default columns)
@@ -35,19 +36,6 @@ export function matchesFilter(e: AmberEvent, f: EventFilter): boolean {
   if (f.containersOnly && e.containerId === '') return false;
   return true;
 }
-
-export function parseTypes(text: string): EventType[] {
-  if (text === 'all') return [...EVENT_TYPES];
-  const types = text.split(',');
-  for (const t of types) {
-    if (!(EVENT_TYPES as readonly string[]).includes(t)) {
-      throw new UsageError(`unknown event type "${t}" (${EVENT_TYPES.join(', ')} or all)`);
-    }
-  }
-  return types as EventType[];
-}
-
-export class UsageError extends Error {}
 
 export function formatStats(stats: SensorStats): string {
   const received = Object.values(stats.received).reduce((a, b) => a + b, 0);
@@ -79,7 +67,7 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
     return 0;
   }
   if (positionals.length !== 1) throw new UsageError(TRACE_USAGE);
-  const types = parseTypes(positionals[0]);
+  const types = parseEventTypes(positionals[0], 'trace', true);
   if (!values.local) {
     throw new UsageError('tracing through a running agent is not available yet: add --local to trace in this process');
   }

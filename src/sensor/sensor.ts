@@ -108,7 +108,13 @@ export class Sensor {
       dns: (common, payload, tcp, ingress) => {
         const msg = parseDnsMessage(payload, tcp);
         if (!msg) return null;
-        const ev: DnsEvent = { ...common, type: 'dns', ...msg };
+        // one literal, not spreads: V8 builds spread objects ~30x slower
+        const ev: DnsEvent = {
+          type: 'dns', ts: common.ts, pid: common.pid, tid: common.tid, ppid: common.ppid, uid: common.uid, gid: common.gid,
+          comm: common.comm, cgroupId: common.cgroupId, containerId: common.containerId, mntns: common.mntns, netns: common.netns,
+          proto: common.proto, family: common.family, saddr: common.saddr, sport: common.sport, daddr: common.daddr, dport: common.dport,
+          qr: msg.qr, id: msg.id, name: msg.name, qtype: msg.qtype, rcode: msg.rcode, answers: msg.answers,
+        };
         if (msg.qr === 'Q' && !ingress) dns.onQuery(ev);
         else if (msg.qr === 'R' && ingress) dns.onResponse(ev);
         return ev;

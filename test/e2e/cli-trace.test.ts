@@ -67,10 +67,10 @@ describe('amber trace --local', () => {
     );
     expect(run.code).toBe(0);
     const lines = run.stdout.trim().split('\n');
-    expect(lines[0]).toMatch(/^TIME\s+CONTAINER\s+PID\s+COMM\s+TYPE\s+DETAILS$/);
+    expect(lines[0]).toMatch(/^TIME\(UTC\)\s+CONTAINER\s+PID\s+COMM\s+TYPE\s+DETAILS$/);
     expect(lines.length).toBeGreaterThan(1);
     for (const line of lines.slice(1)) expect(line).toMatch(new RegExp(`^\\d\\d:\\d\\d:\\d\\d\\.\\d{3}\\s+${prefix}\\s+\\d+\\s+\\S+\\s+exec\\s+`));
-    expect(lines.some((l) => l.includes('/bin/busybox -c true'))).toBe(true);
+    expect(lines.some((l) => l.includes('/bin/busybox (as /bin/sh)  /bin/sh -c true'))).toBe(true);
   });
 
   it('names the missing capabilities when not privileged', async () => {

@@ -184,7 +184,7 @@ describe('ContainerResolver', () => {
     expect(resolver.stats().rescans).toBe(0);
 
     clock += RESCAN_INTERVAL_MS;
-    await vi.waitFor(() => expect(resolver.containerId(later, 600, hostMntns)).toBe(LATER_ID));
+    await vi.waitFor(() => expect(resolver.containerId(later, 600, hostMntns)).toBe(LATER_ID), { timeout: 5000 });
     expect(resolver.stats().rescans).toBe(1);
   });
 

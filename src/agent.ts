@@ -1,0 +1,87 @@
+/**
+ * The node agent: the sensor's events, named by container, appended to the
+ * rolling buffer. The one place that wires the parts together; it reads no
+ * environment, argv or signals (the CLI does).
+ */
+import type { Logger } from 'pino';
+import { EventBuffer, type BufferLog } from './buffer';
+import type { AmberConfig } from './config';
+import { Sensor, type SensorStats } from './sensor/sensor';
+
+export interface Agent {
+  readonly buffer: EventBuffer;
+  readonly sensor: Sensor;
+  /** Stops the sensor, writes what it delivered, closes the buffer. Idempotent. */
+  close(): Promise<void>;
+}
+
+function sum(counts: Record<string, number>): number {
+  return Object.values(counts).reduce((a, b) => a + b, 0);
+}
+
+export async function startAgent(config: AmberConfig, log: Logger): Promise<Agent> {
+  const bufferLog: BufferLog = (level, msg, fields) => log[level]({ event: 'buffer', ...fields }, msg);
+  const buffer = await EventBuffer.open({
+    dataDir: config.dataDir,
+    maxBytes: config.buffer.maxBytes,
+    maxAgeMs: config.buffer.maxAge,
+    flushIntervalMs: config.buffer.flushInterval,
+    maxMemoryBytes: config.buffer.maxMemoryBytes,
+    maxFrozenWindows: config.buffer.maxFrozenWindows,
+    maxFrozenBytes: config.buffer.maxFrozenBytes,
+    log: bufferLog,
+  });
+  let sensor: Sensor;
+  try {
+    sensor = await Sensor.start(
+      {
+        types: config.sensor.types,
+        ringBytes: config.sensor.ringBytes,
+        pollMs: config.sensor.pollInterval,
+        dnsTimeoutMs: config.sensor.dnsTimeout,
+        ignoreTgid: process.pid,
+        log: (obj, msg) => log.warn({ event: 'containers', ...obj }, msg),
+      },
+      (events) => buffer.append(events),
+    );
+  } catch (err) {
+    await buffer.close();
+    throw err;
+  }
+  log.info({ event: 'started', dataDir: config.dataDir, types: config.sensor.types, programs: sensor.programs() }, 'amber agent recording');
+
+  let lastDrops = 0;
+  const logStats = (final = false) => {
+    const s: SensorStats = sensor.stats();
+    const b = buffer.stats();
+    const drops = sum(s.drops);
+    const fields = {
+      event: final ? 'final-stats' : 'stats',
+      received: sum(s.received),
+      drops: s.drops,
+      stalls: s.stalls,
+      buffer: { segments: b.segments, bytes: b.bytes, events: b.events, memoryEvents: b.memoryEvents, droppedEvents: b.droppedEvents, writeError: b.writeError },
+    };
+    if (drops > lastDrops) log.warn(fields, 'the ring buffer was full: events were dropped (counted per type)');
+    else log.info(fields, 'counters');
+    lastDrops = drops;
+  };
+  const statsTimer = setInterval(logStats, config.statsInterval);
+  statsTimer.unref();
+
+  let closing: Promise<void> | undefined;
+  return {
+    buffer,
+    sensor,
+    close: () => {
+      closing ??= (async () => {
+        clearInterval(statsTimer);
+        await sensor.stop();
+        logStats(true);
+        await buffer.close();
+        log.info({ event: 'stopped' }, 'amber agent stopped');
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,241 @@
+/**
+ * `amber buffer query` and `amber buffer stats`: read a data dir offline (no
+ * agent needed, a copied data dir works), never writing to it.
+ */
+import { parseArgs } from 'node:util';
+import { DEFAULT_DATA_DIR, EventBuffer, type QueryFilter } from '../buffer';
+import { formatTs, nowNs, parseTimeArg } from '../time';
+import type { BufferStats } from '../buffer';
+import { EVENT_TYPES } from '../sensor/events';
+import { clean, COLUMNS_HEADER, formatColumns } from './format';
+import { parseEventTypes, UsageError } from './usage';
+
+const QUERY_USAGE = `usage: amber buffer query [--data-dir DIR] [--since T] [--until T] [--type exec,open,...]
+                          [--container ID|host] [--pid N] [--comm NAME] [--match TEXT]
+                          [-o columns|json] [--limit N]
+  T: a duration ago (30s, 5m, 1h30m, 2d), now, an RFC 3339 time (2024-05-01T12:00:00Z) or ns since the epoch
+  --container: a container id prefix, or "host" for host processes
+  --match: text contained in a path, executable, filename, DNS name or the joined args
+  types: ${EVENT_TYPES.join(', ')}
+  data dir default: ${DEFAULT_DATA_DIR}
+`;
+
+const STATS_USAGE = `usage: amber buffer stats [--data-dir DIR] [-o text|json]
+  data dir default: ${DEFAULT_DATA_DIR}
+`;
+
+export async function bufferQuery(argv: string[], out: NodeJS.WritableStream, err: NodeJS.WritableStream): Promise<number> {
+  return run('query', QUERY_USAGE, err, async () => {
+    const { values } = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        'data-dir': { type: 'string', default: DEFAULT_DATA_DIR },
+        since: { type: 'string' },
+        until: { type: 'string' },
+        type: { type: 'string' },
+        container: { type: 'string' },
+        pid: { type: 'string' },
+        comm: { type: 'string' },
+        match: { type: 'string' },
+        output: { type: 'string', short: 'o', default: 'columns' },
+        limit: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+    if (values.help) {
+      out.write(QUERY_USAGE);
+      return 0;
+    }
+    const output = values.output;
+    if (output !== 'columns' && output !== 'json') throw new UsageError(`-o must be columns or json, got "${output}"`);
+    const now = nowNs();
+    const filter: QueryFilter = {};
+    if (values.since !== undefined) filter.since = timeOption('--since', values.since, now);
+    if (values.until !== undefined) filter.until = timeOption('--until', values.until, now);
+    if (filter.since !== undefined && filter.until !== undefined && filter.since > filter.until) {
+      throw new UsageError(`--since (${formatTs(filter.since)}) is after --until (${formatTs(filter.until)})`);
+    }
+    if (values.type !== undefined) filter.types = parseEventTypes(values.type, '--type');
+    if (values.container !== undefined) filter.container = nonEmpty('--container', values.container);
+    if (values.pid !== undefined) filter.pid = integerOption('--pid', values.pid, 0);
+    if (values.comm !== undefined) filter.comm = nonEmpty('--comm', values.comm);
+    if (values.match !== undefined) filter.match = nonEmpty('--match', values.match);
+    const limit = values.limit === undefined ? Infinity : integerOption('--limit', values.limit, 1);
+
+    const buffer = await EventBuffer.openReadOnly(values['data-dir'], { log: warnTo(err) });
+    const lines = new LineWriter(out);
+    if (output === 'columns') await lines.add([COLUMNS_HEADER]);
+    let left = limit;
+    try {
+      for await (const batch of buffer.queryBatches(filter)) {
+        const events = batch.length > left ? batch.slice(0, left) : batch;
+        left -= events.length;
+        const stop = await lines.add(events.map(output === 'json' ? (ev) => JSON.stringify(ev) : formatColumns));
+        if (stop || left === 0) break;
+      }
+      await lines.end();
+    } finally {
+      await buffer.close();
+    }
+    return 0;
+  });
+}
+
+export async function bufferStats(argv: string[], out: NodeJS.WritableStream, err: NodeJS.WritableStream): Promise<number> {
+  return run('stats', STATS_USAGE, err, async () => {
+    const { values } = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        'data-dir': { type: 'string', default: DEFAULT_DATA_DIR },
+        output: { type: 'string', short: 'o', default: 'text' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+    if (values.help) {
+      out.write(STATS_USAGE);
+      return 0;
+    }
+    if (values.output !== 'text' && values.output !== 'json') throw new UsageError(`-o must be text or json, got "${values.output}"`);
+    const buffer = await EventBuffer.openReadOnly(values['data-dir'], { log: warnTo(err) });
+    try {
+      const stats = buffer.stats();
+      out.write(values.output === 'json' ? `${JSON.stringify(stats)}\n` : formatStats(stats));
+    } finally {
+      await buffer.close();
+    }
+    return 0;
+  });
+}
+
+/** Exit codes: 0 done, 1 the data could not be read, 2 bad arguments. */
+async function run(
+  command: string,
+  usage: string,
+  err: NodeJS.WritableStream,
+  body: () => Promise<number>,
+): Promise<number> {
+  try {
+    return await body();
+  } catch (e) {
+    const error = e as Error & { code?: string };
+    if (e instanceof UsageError || error.code?.startsWith('ERR_PARSE_ARGS')) {
+      err.write(`amber buffer ${command}: ${error.message}\n${usage}`);
+      return 2;
+    }
+    err.write(`amber buffer ${command}: ${error.message}\n`);
+    return 1;
+  }
+}
+
+/** Damage found while reading goes to stderr; routine notes (a live writer's unfinished tail) do not. */
+function warnTo(err: NodeJS.WritableStream) {
+  return (level: string, msg: string, fields?: Record<string, unknown>) => {
+    if (level === 'info') return;
+    err.write(`amber buffer: ${level}: ${msg}${fields ? ` ${JSON.stringify(fields)}` : ''}\n`);
+  };
+}
+
+function timeOption(flag: string, text: string, now: number): number {
+  try {
+    return parseTimeArg(text, now);
+  } catch (e) {
+    throw new UsageError(`${flag}: ${(e as Error).message}`);
+  }
+}
+
+function integerOption(flag: string, text: string, min: number): number {
+  if (!/^\d+$/.test(text.trim()) || Number(text) < min || !Number.isSafeInteger(Number(text))) {
+    throw new UsageError(`${flag} must be an integer >= ${min}, got "${text}"`);
+  }
+  return Number(text);
+}
+
+function nonEmpty(flag: string, text: string): string {
+  if (text === '') throw new UsageError(`${flag} must not be empty`);
+  return text;
+}
+
+/** Batches lines; honours backpressure; stops quietly when the reader goes away (e.g. `| head`). */
+class LineWriter {
+  private chunk = '';
+  private closed = false;
+
+  constructor(private readonly out: NodeJS.WritableStream) {
+    out.once('error', () => {
+      this.closed = true;
+    });
+  }
+
+  /** Resolves true when the output is gone and the caller should stop. */
+  async add(lines: string[]): Promise<boolean> {
+    for (const line of lines) this.chunk += `${line}\n`;
+    if (this.chunk.length >= 64 * 1024) await this.flush();
+    return this.closed;
+  }
+
+  async end(): Promise<void> {
+    await this.flush();
+  }
+
+  private async flush(): Promise<void> {
+    if (this.closed || this.chunk === '') return;
+    const text = this.chunk;
+    this.chunk = '';
+    if (!this.out.write(text)) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          this.out.off('drain', done);
+          this.out.off('error', done);
+          this.out.off('close', done);
+          resolve();
+        };
+        this.out.once('drain', done);
+        this.out.once('error', done);
+        this.out.once('close', done);
+      });
+    }
+  }
+}
+
+// ---- stats ----
+
+function formatStats(s: BufferStats): string {
+  const lines: string[] = [];
+  const row = (label: string, value: string) => lines.push(`${label.padEnd(10)}  ${value}`);
+  row('data dir', `${s.dataDir}${s.readOnly ? ' (read-only)' : ''}`);
+  row('segments', `${s.segments} (${formatBytes(s.bytes)})`);
+  row('events', String(s.events));
+  if (s.oldestTs !== null && s.newestTs !== null) {
+    row('oldest', formatTs(s.oldestTs));
+    row('newest', `${formatTs(s.newestTs)} (span ${formatSpan(s.newestTs - s.oldestTs)})`);
+  }
+  row('per type', EVENT_TYPES.map((t) => `${t} ${s.eventsPerType[t]}`).join(', '));
+  if (s.corruptBlocks > 0) row('damaged', `${s.corruptBlocks} damaged block(s) skipped`);
+  row('frozen', `${s.frozen.windows.length} window(s), ${formatBytes(s.frozen.bytes)}`);
+  for (const w of s.frozen.windows) {
+    lines.push(`  ${w.id}  ${formatTs(w.from)} .. ${formatTs(w.to)}  ${w.count} events  ${clean(w.reason)}`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
+  return `${(n / 1024 ** 3).toFixed(2)} GiB`;
+}
+
+function formatSpan(ns: number): string {
+  let s = Math.round(ns / 1e9);
+  const d = Math.floor(s / 86400);
+  s -= d * 86400;
+  const h = Math.floor(s / 3600);
+  s -= h * 3600;
+  const m = Math.floor(s / 60);
+  s -= m * 60;
+  return [d && `${d}d`, h && `${h}h`, m && `${m}m`, `${s}s`].filter(Boolean).join('');
+}

@@ -1,0 +1,157 @@
+/**
+ * The agent's configuration: one schema, parsed once (YAML file, then
+ * environment overrides), passed down typed. Every option has a working
+ * default, so no file at all is a valid configuration.
+ */
+import fs from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { parseDurationMs } from './time';
+import { EVENT_TYPES } from './sensor/events';
+
+const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1000, kib: 1024, m: 1024 ** 2, mb: 1e6, mib: 1024 ** 2, g: 1024 ** 3, gb: 1e9, gib: 1024 ** 3 };
+
+/** "256MiB", "1.5GB", "4096"; a bare number is bytes. */
+export function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(text.trim());
+  const unit = m ? SIZE_UNITS[m[2].toLowerCase()] : undefined;
+  if (!m || unit === undefined) throw new Error(`invalid size "${text}" (examples: 4096, 64KiB, 256MiB, 1GiB)`);
+  return Math.round(Number(m[1]) * unit);
+}
+
+function converted(parse: (text: string) => number) {
+  return z.union([z.number().nonnegative(), z.string()]).transform((v, ctx) => {
+    if (typeof v === 'number') return v;
+    try {
+      return parse(v);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      return z.NEVER;
+    }
+  });
+}
+/** Bytes: a number, or a string with a unit. */
+const size = converted(parseSize);
+/** Milliseconds: a number, or a string with a unit (10ms, 5s, 24h). */
+const duration = converted(parseDurationMs);
+
+const sensorSchema = z
+  .object({
+    types: z.array(z.enum(EVENT_TYPES)).min(1).default([...EVENT_TYPES]),
+    ringBytes: size.default(16 * 1024 ** 2),
+    pollInterval: duration.default(10),
+    dnsTimeout: duration.default(5000),
+  })
+  .strict();
+
+const bufferSchema = z
+  .object({
+    maxBytes: size.default(256 * 1024 ** 2),
+    maxAge: duration.default(24 * 3600_000),
+    flushInterval: duration.default(1000),
+    maxMemoryBytes: size.default(64 * 1024 ** 2),
+    maxFrozenWindows: z.coerce.number().int().positive().default(50),
+    maxFrozenBytes: size.default(512 * 1024 ** 2),
+  })
+  .strict();
+
+export const configSchema = z
+  .object({
+    dataDir: z.string().min(1).default('/var/lib/amber'),
+    logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'),
+    /** How often the agent logs its counters. */
+    statsInterval: duration.default(60_000),
+    sensor: sensorSchema.default(sensorSchema.parse({})),
+    buffer: bufferSchema.default(bufferSchema.parse({})),
+  })
+  .strict();
+
+export type AmberConfig = z.output<typeof configSchema>;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+function describeIssues(error: z.ZodError, source: string): string {
+  return error.issues
+    .map((issue) => {
+      const where = issue.path.join('.') || '(top level)';
+      if (issue.code === 'unrecognized_keys') {
+        const keys = issue.keys.map((k) => [...issue.path, k].join('.'));
+        return `${source}: unknown key ${keys.join(', ')}`;
+      }
+      return `${source}: ${where}: ${issue.message}`;
+    })
+    .join('\n');
+}
+
+/** AMBER_DATA_DIR, AMBER_LOG_LEVEL, AMBER_BUFFER_MAX_BYTES, AMBER_SENSOR_TYPES (comma list), ... */
+export function envName(path: string[]): string {
+  return `AMBER_${path.map((p) => p.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()).join('_')}`;
+}
+
+/** Every leaf option's path, for the environment overrides and the docs. */
+export function optionPaths(): string[][] {
+  const paths: string[][] = [];
+  const walk = (value: unknown, prefix: string[]) => {
+    if (value && typeof value === 'object' && !Array.isArray(value)) {
+      for (const [k, v] of Object.entries(value)) walk(v, [...prefix, k]);
+    } else paths.push(prefix);
+  };
+  walk(configSchema.parse({}), []);
+  return paths;
+}
+
+function setPath(target: Record<string, unknown>, path: string[], value: unknown): void {
+  let node = target;
+  for (const key of path.slice(0, -1)) {
+    if (node[key] === undefined || node[key] === null) node[key] = {};
+    if (typeof node[key] !== 'object') return; // the file's own type error will be reported
+    node = node[key] as Record<string, unknown>;
+  }
+  node[path[path.length - 1]] = value;
+}
+
+/**
+ * The configuration from an optional YAML file, then AMBER_* environment
+ * variables, then explicit overrides (command-line flags). Errors name the
+ * key and where it came from.
+ */
+export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv; overrides?: Array<[string[], unknown]> } = {}): AmberConfig {
+  let raw: Record<string, unknown> = {};
+  if (opts.file) {
+    let text: string;
+    try {
+      text = fs.readFileSync(opts.file, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`cannot read config file ${opts.file}: ${(err as Error).message}`);
+    }
+    let doc: unknown;
+    try {
+      doc = parseYaml(text);
+    } catch (err) {
+      throw new ConfigError(`${opts.file}: not valid YAML: ${(err as Error).message}`);
+    }
+    if (doc !== null && doc !== undefined && (typeof doc !== 'object' || Array.isArray(doc))) {
+      throw new ConfigError(`${opts.file}: expected a mapping of options at the top level`);
+    }
+    raw = (doc as Record<string, unknown>) ?? {};
+    const fromFile = configSchema.safeParse(raw);
+    if (!fromFile.success) throw new ConfigError(describeIssues(fromFile.error, opts.file));
+  }
+  const env = opts.env ?? {};
+  for (const path of optionPaths()) {
+    const value = env[envName(path)];
+    if (value === undefined) continue;
+    setPath(raw, path, path[path.length - 1] === 'types' ? value.split(',').map((s) => s.trim()) : value);
+    const one = configSchema.safeParse(raw);
+    if (!one.success) throw new ConfigError(describeIssues(one.error, `environment ${envName(path)}`));
+  }
+  for (const [path, value] of opts.overrides ?? []) {
+    if (value === undefined) continue;
+    setPath(raw, path, value);
+  }
+  const result = configSchema.safeParse(raw);
+  if (!result.success) throw new ConfigError(describeIssues(result.error, 'command line'));
+  return result.data;
+}

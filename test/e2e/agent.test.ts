@@ -1,0 +1,152 @@
+/**
+ * amber agent as a node runs it: the built CLI against the real kernel, a real
+ * container doing known things, then `amber buffer query` on its data dir —
+ * live, after a restart, after kill -9, and on a copy.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { AmberEvent } from '../../src/sensor/events';
+import { startContainer, uniqueName, type Container } from '../helpers/podman';
+
+const CLI = path.resolve(__dirname, '../../dist/src/cli/main.js');
+const execFileP = promisify(execFile);
+
+interface RunningAgent {
+  child: ChildProcess;
+  logs: () => string;
+  exited: Promise<number | null>;
+}
+
+/** Starts the agent; resolves once it logs that it is recording. */
+async function startAgentProcess(dataDir: string, extraEnv: NodeJS.ProcessEnv = {}): Promise<RunningAgent> {
+  const child = spawn(process.execPath, [CLI, 'agent', '--data-dir', dataDir], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, AMBER_STATS_INTERVAL: '1s', ...extraEnv },
+  });
+  let logs = '';
+  child.stdout!.on('data', (d: Buffer) => (logs += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (logs += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const deadline = Date.now() + 60_000;
+  while (!logs.includes('"event":"started"')) {
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the agent did not start:\n${logs}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { child, logs: () => logs, exited };
+}
+
+async function query(dataDir: string, ...args: string[]): Promise<AmberEvent[]> {
+  const { stdout } = await execFileP(process.execPath, [CLI, 'buffer', 'query', '--data-dir', dataDir, '-o', 'json', ...args], {
+    maxBuffer: 256 << 20,
+  });
+  return stdout
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as AmberEvent);
+}
+
+/** What the container did, as the buffer must hold it. */
+function marked(events: AmberEvent[], marker: string) {
+  return {
+    execs: events.filter((e) => e.type === 'exec' && e.args.join(' ').includes(marker)),
+    opens: events.filter((e) => e.type === 'open' && e.path === `/tmp/${marker}.txt`),
+  };
+}
+
+async function until<T>(what: string, f: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await f();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+describe('amber agent', () => {
+  let container: Container;
+  let agent: RunningAgent | undefined;
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-agent-'));
+
+  beforeAll(async () => {
+    container = await startContainer(uniqueName('amber-e2e-agent'));
+  });
+  afterAll(async () => {
+    if (agent && agent.child.exitCode === null) {
+      agent.child.kill('SIGKILL');
+      await agent.exited;
+    }
+    await container?.remove();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('records a container into the buffer, and amber buffer query finds exactly its events by ID', async () => {
+    agent = await startAgentProcess(dataDir);
+    await container.exec('/bin/sh', '-c', 'echo one > /tmp/amber-agent-one.txt');
+    // live: the agent keeps running; the buffer flushes at least every second
+    const found = await until('the container events in the live buffer', async () => {
+      const m = marked(await query(dataDir, '--container', container.id.slice(0, 12)), 'amber-agent-one');
+      return m.execs.length === 1 && m.opens.length === 1 ? m : undefined;
+    });
+    expect(found.execs[0]).toMatchObject({ containerId: container.id, filename: '/bin/sh', args: ['/bin/sh', '-c', 'echo one > /tmp/amber-agent-one.txt'] });
+    expect(found.opens[0]).toMatchObject({ containerId: container.id, flagNames: ['O_WRONLY', 'O_CREAT', 'O_TRUNC'] });
+    // the container filter holds only that container's events
+    const all = await query(dataDir, '--container', container.id);
+    expect(all.length).toBeGreaterThan(0);
+    expect(all.filter((e) => e.containerId !== container.id)).toEqual([]);
+
+    agent.child.kill('SIGTERM');
+    expect(await agent.exited).toBe(0);
+    expect(agent.logs()).toContain('"event":"stopped"');
+  });
+
+  it('keeps events across a restart and a kill -9', async () => {
+    agent = await startAgentProcess(dataDir);
+    await container.exec('/bin/sh', '-c', 'echo two > /tmp/amber-agent-two.txt');
+    await until('the second run\'s events', async () => {
+      const m = marked(await query(dataDir, '--container', container.id), 'amber-agent-two');
+      return m.execs.length === 1 ? m : undefined;
+    });
+    agent.child.kill('SIGKILL');
+    await agent.exited;
+
+    // a copy taken from the node's disk answers the same, with no agent running
+    const copy = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-agent-copy-'));
+    try {
+      fs.cpSync(dataDir, copy, { recursive: true });
+      const events = await query(copy, '--container', container.id);
+      expect(marked(events, 'amber-agent-one').execs).toHaveLength(1);
+      expect(marked(events, 'amber-agent-two').execs).toHaveLength(1);
+      expect(marked(events, 'amber-agent-two').opens).toHaveLength(1);
+    } finally {
+      fs.rmSync(copy, { recursive: true, force: true });
+    }
+
+    // and the agent starts again on the killed data dir and keeps appending
+    agent = await startAgentProcess(dataDir);
+    await container.exec('/bin/sh', '-c', 'echo three > /tmp/amber-agent-three.txt');
+    const events = await until('the third run\'s events', async () => {
+      const e = await query(dataDir, '--container', container.id);
+      return marked(e, 'amber-agent-three').execs.length === 1 ? e : undefined;
+    });
+    for (const marker of ['amber-agent-one', 'amber-agent-two', 'amber-agent-three']) {
+      expect(marked(events, marker).execs).toHaveLength(1);
+    }
+    // in time order
+    for (let i = 1; i < events.length; i++) expect(events[i].ts).toBeGreaterThanOrEqual(events[i - 1].ts);
+    agent.child.kill('SIGTERM');
+    expect(await agent.exited).toBe(0);
+  });
+
+  it('refuses a config file with a wrong key, naming it', async () => {
+    const file = path.join(dataDir, 'bad.yaml');
+    fs.writeFileSync(file, 'buffer:\n  maxBytes: 64MiB\n  maxAgee: 1h\n');
+    const run = await execFileP(process.execPath, [CLI, 'agent', '--config', file]).catch((e: { code: number; stderr: string }) => e);
+    expect(run).toMatchObject({ code: 1 });
+    expect((run as { stderr: string }).stderr).toContain(`${file}: unknown key buffer.maxAgee`);
+  });
+});
