@@ -56,8 +56,11 @@ if [[ $mode != --build-only ]]; then
   fi
 
   if [[ ! -x node_modules/.bin/cmake-js || ! -x node_modules/.bin/tsc || package-lock.json -nt node_modules/.package-lock.json ]]; then
-    say "installing node modules (npm ci)"
-    npm ci --ignore-scripts --no-audit --no-fund >&2
+    # npm install, not npm ci: the lock cannot list optional binaries for other
+    # platforms that the registry mirror lacks, and npm ci refuses such a lock.
+    # It installs what the lock pins and leaves the lock as it is.
+    say "installing node modules (npm install)"
+    npm install --ignore-scripts --no-audit --no-fund >&2
   fi
 fi
 
