@@ -13,6 +13,8 @@ import { Packr } from 'msgpackr';
 import { BlockEncoder } from '../src/buffer/block-codec';
 import { EventBuffer, type QueryFilter } from '../src/buffer';
 import type { AmberEvent, CommonFields, DnsEvent } from '../src/sensor/events';
+import { Sensor } from '../src/sensor/sensor';
+import { compileWorkloads, median, runChild } from './workloads';
 
 const MiB = 1024 * 1024;
 const BATCH = 1024;
@@ -281,6 +283,8 @@ async function main(): Promise<void> {
   await appendAndCompression();
   console.log('full 256 MiB buffer:');
   for (const line of await fullBufferQuery()) console.log(`  ${line}`);
+  console.log('\nthe agent end to end under the sensor\'s open storm (sensor -> decode -> container IDs -> buffer), side by side:');
+  for (const line of await agentUnderOpenStorm()) console.log(`  ${line}`);
   console.log(`\ntotal ${fmt(seconds(started))} s`);
 }
 
@@ -302,6 +306,56 @@ async function appendAndCompression(): Promise<void> {
   console.log(`  stored                   ${fmt(append.bytesPerEvent)} bytes/event on disk, frames and headers included (target <= 40)`);
   const spreadSample = sample.map((batch) => batch.map(spreadBuilt));
   console.log(`  spread-built events      ${mega((await appendRate(spreadSample, 1)).perSecond)} events/s (buffer.append of events built as {...common, type, …})\n`);
+}
+
+/**
+ * What the agent does, in this process: the sensor with every event type
+ * feeding a buffer in a temporary data dir, while the open storm runs; against
+ * the storm alone, rounds interleaved.
+ */
+async function agentUnderOpenStorm(): Promise<string[]> {
+  const opens = Number(process.env.AMBER_BENCH_OPENS ?? 1_000_000);
+  const rounds = Number(process.env.AMBER_BENCH_ROUNDS ?? 3);
+  const { openStorm } = compileWorkloads();
+  const alone: number[] = [];
+  const agent: { seconds: number; stored: number; ours: number; drops: number; appendedPerSecond: number }[] = [];
+  for (let round = 0; round < rounds; round++) {
+    alone.push((await runChild(openStorm, [String(opens)])).seconds);
+    const dir = await mkdtemp(path.join(tmpdir(), 'amber-bench-agent-'));
+    const buffer = await EventBuffer.open({ dataDir: dir, maxBytes: 1024 * MiB });
+    let pid = -1;
+    let ours = 0;
+    const sensor = await Sensor.start({ ignoreTgid: process.pid }, (events) => {
+      buffer.append(events);
+      for (const e of events) if (e.pid === pid && e.type === 'open' && e.comm === 'open-storm') ours++;
+    });
+    try {
+      const run = await runChild(openStorm, [String(opens)], undefined, (p) => (pid = p));
+      await sensor.stop();
+      await buffer.flush();
+      const stats = sensor.stats();
+      const stored = buffer.stats().events;
+      agent.push({
+        seconds: run.seconds,
+        stored,
+        ours,
+        drops: Object.values(stats.drops).reduce((a, b) => a + b, 0),
+        appendedPerSecond: stored / run.seconds,
+      });
+    } finally {
+      await sensor.stop();
+      await buffer.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+  const base = median(alone);
+  const mid = agent.find((a) => a.seconds === median(agent.map((x) => x.seconds)))!;
+  return [
+    `open storm alone          ${fmt(base)} s (${mega(opens / base)} opens/s)`,
+    `open storm, agent         ${fmt(mid.seconds)} s (${fmt(mid.seconds / base)}x), ${mega(mid.appendedPerSecond)} events/s into the buffer`,
+    `storm events received     ${agent.map((a) => `${a.ours}/${opens}`).join(', ')} (every round)`,
+    `ring drops                ${agent.map((a) => a.drops).join(', ')} (every round; target 0)`,
+  ];
 }
 
 main().catch((err) => {

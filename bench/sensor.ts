@@ -10,9 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { AmberEvent } from '../src/sensor/events';
 import { Sensor } from '../src/sensor/sensor';
-
-const ROOT = path.resolve(__dirname, '../..');
-const WORK = path.join(ROOT, 'build/bench');
+import { compileWorkloads, median, runChild, WORK } from './workloads';
 const ROUNDS = Number(process.env.AMBER_BENCH_ROUNDS ?? 3);
 const OPENS = Number(process.env.AMBER_BENCH_OPENS ?? 1_000_000);
 const EXECS = Number(process.env.AMBER_BENCH_EXECS ?? 2000);
@@ -42,13 +40,6 @@ interface Result {
   events?: number;
 }
 
-function compileWorkloads(): void {
-  fs.mkdirSync(WORK, { recursive: true });
-  for (const name of ['open-storm', 'exec-storm']) {
-    execFileSync('cc', ['-O2', '-o', path.join(WORK, name), path.join(ROOT, 'bench/workloads', `${name}.c`)]);
-  }
-}
-
 /** A C project of BUILD_FILES files, built with make -j2: thousands of execs and opens. */
 function makeProject(): string {
   const dir = path.join(WORK, 'project');
@@ -69,25 +60,6 @@ function makeProject(): string {
     `OBJS = main.o ${objs.join(' ')}\nprog: $(OBJS)\n\tcc -o $@ $(OBJS) -lm\n%.o: %.c\n\tcc -O1 -c $< -o $@\nclean:\n\trm -f prog *.o\n`,
   );
   return dir;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
-function runChild(cmd: string, args: string[], cwd?: string, onPid?: (pid: number) => void): Promise<{ pid: number; seconds: number }> {
-  return new Promise((resolve, reject) => {
-    const start = process.hrtime.bigint();
-    const child = spawn(cmd, args, { cwd, stdio: ['ignore', 'ignore', 'inherit'] });
-    onPid?.(child.pid!);
-    child.on('error', reject);
-    child.on('exit', (code) => {
-      const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-      if (code !== 0) reject(new Error(`${cmd} exited with ${code}`));
-      else resolve({ pid: child.pid!, seconds });
-    });
-  });
 }
 
 /** bpftrace printing every event to /dev/null; resolves once its probes are attached. */
@@ -166,14 +138,14 @@ function fmtRate(n: number): string {
 }
 
 async function main(): Promise<void> {
-  compileWorkloads();
+  const { openStorm, execStorm } = compileWorkloads();
   const project = makeProject();
   const workloads: Workload[] = [
     {
       name: 'open storm',
       unit: 'opens',
       count: OPENS,
-      command: [path.join(WORK, 'open-storm'), String(OPENS)],
+      command: [openStorm, String(OPENS)],
       bpftrace: 'tracepoint:syscalls:sys_enter_openat { printf("%d %s %s\\n", pid, comm, str(args->filename)); }',
       // after its exec: the spawning child opens /dev/null for its stdio first
       ours: (e, pid) => e.type === 'open' && e.pid === pid && e.comm === 'open-storm' && e.path === '/dev/null',
@@ -182,7 +154,7 @@ async function main(): Promise<void> {
       name: 'exec storm',
       unit: 'execs',
       count: EXECS,
-      command: [path.join(WORK, 'exec-storm'), String(EXECS)],
+      command: [execStorm, String(EXECS)],
       bpftrace: 'tracepoint:sched:sched_process_exec { printf("%d %s %s\\n", pid, comm, str(args->filename)); }',
       ours: (e, pid) => e.type === 'exec' && e.ppid === pid && e.args[1] === 'amber-bench',
     },
