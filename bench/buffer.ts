@@ -327,7 +327,7 @@ async function agentUnderOpenStorm(): Promise<string[]> {
     let ours = 0;
     const sensor = await Sensor.start({ ignoreTgid: process.pid }, (events) => {
       buffer.append(events);
-      for (const e of events) if (e.pid === pid && e.type === 'open' && e.comm === 'open-storm') ours++;
+      for (const e of events) if (e.pid === pid && e.type === 'open' && e.comm === 'open-storm' && e.path === '/dev/null') ours++;
     });
     try {
       const run = await runChild(openStorm, [String(opens)], undefined, (p) => (pid = p));
