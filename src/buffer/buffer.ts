@@ -351,7 +351,7 @@ export class EventBuffer {
     if (this.active) return this.active;
     const seq = this.nextSeq++;
     const file = path.join(this.dataDir, SEGMENTS_DIR, segmentFileName(seq));
-    const fh = await fsp.open(file, 'wx');
+    const fh = await fsp.open(file, 'wx', 0o600);
     try {
       await writeFully(fh, [segmentHeader()], 0);
     } catch (err) {
@@ -712,8 +712,10 @@ export class EventBuffer {
   }
 
   private async openForWriting(): Promise<void> {
-    await fsp.mkdir(path.join(this.dataDir, SEGMENTS_DIR), { recursive: true });
-    await fsp.mkdir(path.join(this.dataDir, FROZEN_DIR), { recursive: true });
+    // Events hold command lines and paths (secrets, sometimes): owner only.
+    await fsp.mkdir(this.dataDir, { recursive: true, mode: 0o700 });
+    await fsp.mkdir(path.join(this.dataDir, SEGMENTS_DIR), { recursive: true, mode: 0o700 });
+    await fsp.mkdir(path.join(this.dataDir, FROZEN_DIR), { recursive: true, mode: 0o700 });
     this.lockFile = await acquireLock(this.dataDir);
     try {
       await removeUnfinishedWindows(path.join(this.dataDir, FROZEN_DIR));
@@ -822,7 +824,7 @@ async function acquireLock(dataDir: string): Promise<string> {
   const file = path.join(dataDir, LOCK_FILE);
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
-      const fh = await fsp.open(file, 'wx');
+      const fh = await fsp.open(file, 'wx', 0o600);
       // An empty lock (disk full) still locks; it reads as stale once its writer is gone.
       await fh.writeFile(`${process.pid}\n`).catch(() => {});
       await fh.close();

@@ -107,7 +107,7 @@ export async function writeFrozenWindow(
 ): Promise<FrozenWindow> {
   const tmpDir = path.join(frozenRoot, TMP_PREFIX + meta.id);
   const finalDir = path.join(frozenRoot, meta.id);
-  await fsp.mkdir(tmpDir, { recursive: true });
+  await fsp.mkdir(tmpDir, { recursive: true, mode: 0o700 });
   try {
     const msgpack = new HashedFile(await fsp.open(path.join(tmpDir, EVENTS_MSGPACK), 'wx'));
     const jsonl = new HashedFile(await fsp.open(path.join(tmpDir, EVENTS_JSONL), 'wx'));

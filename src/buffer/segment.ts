@@ -190,7 +190,7 @@ export async function writeIndex(file: string, blocks: BlockInfo[], segmentSize:
   crc.writeUInt32LE(crc32(body), 0);
   const tmp = `${file}.tmp`;
   try {
-    await fsp.writeFile(tmp, Buffer.concat([body, crc]));
+    await fsp.writeFile(tmp, Buffer.concat([body, crc]), { mode: 0o600 });
     await fsp.rename(tmp, file);
   } catch (err) {
     await fsp.rm(tmp, { force: true });

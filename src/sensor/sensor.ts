@@ -84,6 +84,7 @@ export class Sensor {
     private readonly native: NativeSensor,
     private readonly types: ReadonlySet<EventType>,
     private readonly dns: DnsTracker,
+    private readonly resolver: ContainerResolver,
     private readonly onEvents: EventsListener,
   ) {}
 
@@ -144,8 +145,13 @@ export class Sensor {
         sensor?.deliver(batchEvents);
       },
     );
-    sensor = new Sensor(native, types, dns, onEvents);
-    await native.start();
+    sensor = new Sensor(native, types, dns, resolver, onEvents);
+    try {
+      await native.start();
+    } catch (err) {
+      resolver.close();
+      throw err;
+    }
     sensor.expiryTimer = setInterval(() => sensor?.expireDns(), 100);
     sensor.expiryTimer.unref();
     return sensor;
@@ -195,6 +201,7 @@ export class Sensor {
     this.stopping ??= (async () => {
       clearInterval(this.expiryTimer);
       await this.native.stop();
+      this.resolver.close();
       return this.stats();
     })();
     return this.stopping;

@@ -3,7 +3,7 @@
  * container doing known things, then `amber buffer query` on its data dir —
  * live, after a restart, after kill -9, and on a copy.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -140,6 +140,44 @@ describe('amber agent', () => {
     for (let i = 1; i < events.length; i++) expect(events[i].ts).toBeGreaterThanOrEqual(events[i - 1].ts);
     agent.child.kill('SIGTERM');
     expect(await agent.exited).toBe(0);
+  });
+
+  it('stays up when its disk fills, says so once, and writes again when space returns', async () => {
+    const mount = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-agent-full-'));
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mount]);
+    let full: RunningAgent | undefined;
+    try {
+      const dir = path.join(mount, 'data');
+      full = await startAgentProcess(dir, { AMBER_BUFFER_FLUSH_INTERVAL: '200ms' });
+      const filler = path.join(mount, 'filler');
+      try {
+        execFileSync('dd', ['if=/dev/zero', `of=${filler}`, 'bs=64k'], { stdio: 'ignore' });
+      } catch {
+        // dd stops with ENOSPC: that is the point
+      }
+      await container.exec('/bin/sh', '-c', 'for i in 1 2 3 4 5 6 7 8; do echo x > /tmp/amber-full-$i.txt; done');
+      await until('the disk-full report', async () => (full!.logs().includes('disk full') ? true : undefined));
+      expect(full.child.exitCode).toBe(null);
+
+      fs.rmSync(filler);
+      await container.exec('/bin/sh', '-c', 'echo back > /tmp/amber-full-back.txt');
+      await until('writing again', async () => (full!.logs().includes('writing again') ? true : undefined));
+      const events = await until('the events after the disk emptied', async () => {
+        const e = await query(dir, '--container', container.id, '--match', 'amber-full-back');
+        return e.some((x) => x.type === 'open' && x.path === '/tmp/amber-full-back.txt') ? e : undefined;
+      });
+      expect(events.length).toBeGreaterThan(0);
+      expect(full.logs().match(/disk full/g)).toHaveLength(1);
+      full.child.kill('SIGTERM');
+      expect(await full.exited).toBe(0);
+    } finally {
+      if (full && full.child.exitCode === null) {
+        full.child.kill('SIGKILL');
+        await full.exited;
+      }
+      execFileSync('umount', [mount]);
+      fs.rmSync(mount, { recursive: true, force: true });
+    }
   });
 
   it('refuses a config file with a wrong key, naming it', async () => {

@@ -1,4 +1,6 @@
 import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
 import { readdir, stat, truncate, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -353,5 +355,27 @@ describe('read-only open', () => {
     const missing = path.join(await dataDir(), 'nope');
     await expect(EventBuffer.openReadOnly(missing)).rejects.toThrow(`data dir ${missing} does not exist or is not a directory`);
     await expect(stat(missing)).rejects.toThrow('ENOENT');
+  });
+});
+
+describe('data dir permissions', () => {
+  it('keeps events owner-only: the data dir and its folders 0700, segment files 0600', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-perm-'));
+    const dataDir = path.join(dir, 'data');
+    const buffer = await EventBuffer.open({ dataDir });
+    try {
+      buffer.append(oneOfEach(Date.now() * 1e6));
+      await buffer.flush();
+      const mode = (p: string) => fs.statSync(p).mode & 0o777;
+      expect(mode(dataDir)).toBe(0o700);
+      expect(mode(path.join(dataDir, 'segments'))).toBe(0o700);
+      expect(mode(path.join(dataDir, 'frozen'))).toBe(0o700);
+      const segments = fs.readdirSync(path.join(dataDir, 'segments')).filter((f) => f.endsWith('.amb'));
+      expect(segments.length).toBeGreaterThan(0);
+      for (const f of segments) expect(mode(path.join(dataDir, 'segments', f))).toBe(0o600);
+    } finally {
+      await buffer.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
