@@ -122,12 +122,20 @@ export class ContainerResolver {
 
   /** Learns the host's mount namespace and every cgroup that exists now. Rejects when the root cannot be read. */
   async init(): Promise<void> {
-    try {
-      this.hostMntns = fs.statSync(path.join(this.procRoot, '1/ns/mnt')).ino;
-    } catch (err) {
+    // init's, or kthreadd's (the initial namespace) where init is protected from us, as on some VMs
+    this.hostMntns = 0;
+    const errors: string[] = [];
+    for (const pid of ['1', '2']) {
+      try {
+        this.hostMntns = fs.statSync(path.join(this.procRoot, pid, 'ns/mnt')).ino;
+        break;
+      } catch (err) {
+        errors.push((err as Error).message);
+      }
+    }
+    if (this.hostMntns === 0) {
       // Unknown: every mount namespace is then checked (once per TTL) by /proc/<pid>/cgroup.
-      this.hostMntns = 0;
-      this.log({ err }, 'container resolver: cannot read the host mount namespace');
+      this.log({ errors }, 'container resolver: cannot read the host mount namespace');
     }
     await this.walkAndLearn([]);
   }

@@ -57,6 +57,23 @@ afterEach(() => {
 });
 
 describe('ContainerResolver', () => {
+  it("takes the host mount namespace from kthreadd (pid 2) when init's cannot be read", async () => {
+    fs.rmSync(path.join(procRoot, '1'), { recursive: true });
+    fs.mkdirSync(path.join(procRoot, '2', 'ns'), { recursive: true });
+    fs.writeFileSync(path.join(procRoot, '2', 'ns', 'mnt'), '');
+    const kthreadd = fs.statSync(path.join(procRoot, '2', 'ns', 'mnt')).ino;
+    const docker = makeCgroup(`docker/${LATER_ID}`);
+    const host = makeCgroup('user.slice');
+    const logs: string[] = [];
+    resolver = new ContainerResolver({ cgroupRoot, procRoot, now: () => clock, log: (_obj, msg) => logs.push(msg) });
+    await resolver.init();
+    expect(resolver.containerId(docker, 10, kthreadd)).toBe(LATER_ID);
+    // a host process in a non-container cgroup: no /proc/<pid>/cgroup lookup is needed to say ""
+    expect(resolver.containerId(host, 11, kthreadd)).toBe('');
+    expect(resolver.stats().misses).toBe(0);
+    expect(logs).toEqual([]);
+  });
+
   it('finds containers that existed before init by the inode of their cgroup', async () => {
     const podmanCgroup = makeCgroup(`libpod_parent/libpod-${PODMAN_ID}`);
     makeCgroup(`libpod_parent/libpod-conmon-${PODMAN_ID}`);
