@@ -70,6 +70,23 @@ static __always_inline int ignored_tgid(__u32 tgid)
 	return amber_ignore_tgid != 0 && tgid == amber_ignore_tgid;
 }
 
+/* The header fields the helpers give every program type. */
+static __always_inline void header_fill_ids(struct amber_header *h, __u8 kind)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+
+	h->kind = kind;
+	h->flags = 0;
+	h->pid = pid_tgid >> 32;
+	h->tid = (__u32)pid_tgid;
+	h->ts = bpf_ktime_get_boot_ns();
+	h->uid = (__u32)uid_gid;
+	h->gid = uid_gid >> 32;
+	h->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
 /*
  * The common header from the current task, for tracing programs: the task is
  * a BTF pointer, so the walks below are plain loads, not probe-read helper
@@ -78,42 +95,22 @@ static __always_inline int ignored_tgid(__u32 tgid)
 static __always_inline void header_fill(struct amber_header *h, __u8 kind)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 uid_gid = bpf_get_current_uid_gid();
 
-	h->kind = kind;
-	h->flags = 0;
-	h->pid = pid_tgid >> 32;
-	h->tid = (__u32)pid_tgid;
-	h->ts = bpf_ktime_get_boot_ns();
+	header_fill_ids(h, kind);
 	h->ppid = task->real_parent->tgid;
-	h->uid = (__u32)uid_gid;
-	h->gid = uid_gid >> 32;
-	h->cgroup_id = bpf_get_current_cgroup_id();
 	h->mntns = task->nsproxy->mnt_ns->ns.inum;
 	h->netns = task->nsproxy->net_ns->ns.inum;
-	bpf_get_current_comm(h->comm, sizeof(h->comm));
 }
 
 /* The same for programs that have no BTF task (cgroup_skb): probe reads. */
 static __always_inline void header_fill_probed(struct amber_header *h, __u8 kind)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 uid_gid = bpf_get_current_uid_gid();
 
-	h->kind = kind;
-	h->flags = 0;
-	h->pid = pid_tgid >> 32;
-	h->tid = (__u32)pid_tgid;
-	h->ts = bpf_ktime_get_boot_ns();
+	header_fill_ids(h, kind);
 	h->ppid = BPF_CORE_READ(task, real_parent, tgid);
-	h->uid = (__u32)uid_gid;
-	h->gid = uid_gid >> 32;
-	h->cgroup_id = bpf_get_current_cgroup_id();
 	h->mntns = BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
 	h->netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
-	bpf_get_current_comm(h->comm, sizeof(h->comm));
 }
 
 static __always_inline void drop_count(__u32 kind)

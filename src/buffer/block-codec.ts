@@ -24,6 +24,7 @@ import type {
   ExitEvent,
   ForkEvent,
   OpenEvent,
+  SockFields,
 } from '../sensor/events';
 import { EVENT_TYPES } from '../sensor/events';
 import { type BlockSummary, CONTAINER_SUMMARY_CHARS, MAX_SUMMARY_CONTAINERS } from './frame';
@@ -229,21 +230,11 @@ export class BlockEncoder {
         break;
       case 'connect':
       case 'accept':
-        this.writeStr(ev.proto);
-        this.writeNum(ev.family);
-        this.writeStr(ev.saddr);
-        this.writeNum(ev.sport);
-        this.writeStr(ev.daddr);
-        this.writeNum(ev.dport);
+        this.writeSock(ev);
         this.writeNum(ev.ret);
         break;
       case 'dns':
-        this.writeStr(ev.proto);
-        this.writeNum(ev.family);
-        this.writeStr(ev.saddr);
-        this.writeNum(ev.sport);
-        this.writeStr(ev.daddr);
-        this.writeNum(ev.dport);
+        this.writeSock(ev);
         this.writeStr(ev.qr);
         this.writeNum(ev.id);
         this.writeStr(ev.name);
@@ -359,6 +350,16 @@ export class BlockEncoder {
       b.writeUInt32BE(n, this.pos);
       this.pos += 4;
     }
+  }
+
+  /** The socket fields connect, accept and dns share, in the shapes' order. */
+  private writeSock(ev: SockFields): void {
+    this.writeStr(ev.proto);
+    this.writeNum(ev.family);
+    this.writeStr(ev.saddr);
+    this.writeNum(ev.sport);
+    this.writeStr(ev.daddr);
+    this.writeNum(ev.dport);
   }
 
   private writeStrings(a: unknown): void {
