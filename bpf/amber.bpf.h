@@ -241,12 +241,16 @@ static __always_inline struct file *fd_file(__u32 fd)
 #define SYSCALL_ARG2(regs) ((regs)->si)
 #define SYSCALL_ARG3(regs) ((regs)->dx)
 #define SYSCALL_ARG4(regs) ((regs)->r10)
+/* the 32-bit user code segment (__USER32_CS): int 0x80, sysenter, ia32 binaries */
+#define SYSCALL_IS_COMPAT(regs) ((regs)->cs == 0x23)
 #elif defined(__TARGET_ARCH_arm64)
 #define SYSCALL_NR(regs) ((regs)->syscallno)
 #define SYSCALL_ARG1(regs) ((regs)->orig_x0)
 #define SYSCALL_ARG2(regs) ((regs)->regs[1])
 #define SYSCALL_ARG3(regs) ((regs)->regs[2])
 #define SYSCALL_ARG4(regs) ((regs)->regs[3])
+/* AArch32 tasks: PSR_MODE32_BIT in pstate */
+#define SYSCALL_IS_COMPAT(regs) (((regs)->pstate & 0x10) != 0)
 #else
 #error "unsupported architecture"
 #endif

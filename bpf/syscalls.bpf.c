@@ -22,6 +22,9 @@ int BPF_PROG(amber_sys_exit, struct pt_regs *regs, long ret)
 {
 	long nr = SYSCALL_NR(regs);
 
+	/* 32-bit (compat) syscalls use other numbers: not decoded here, never misread */
+	if (SYSCALL_IS_COMPAT(regs))
+		return 0;
 	if (amber_families & AMBER_FAMILY_FILE) {
 		if (nr == NR_openat)
 			return amber_file_open(SYSCALL_ARG2(regs), SYSCALL_ARG3(regs), SYSCALL_ARG4(regs), ret);
