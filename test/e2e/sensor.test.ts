@@ -54,6 +54,8 @@ describe('sensor on the real kernel', () => {
   beforeAll(async () => {
     // Started before the sensor: its ID must come from the initial cgroup scan.
     early = await startContainer(uniqueName('amber-e2e-early'));
+    // the host's DNS responder on 127.0.0.1:53 (UDP and TCP) for the DNS tests
+    children.push(await startResponder());
     sensor = await Sensor.start({ dnsTimeoutMs: 1000 }, log.push);
   });
 
@@ -163,7 +165,6 @@ describe('sensor on the real kernel', () => {
   });
 
   it('pairs a host DNS query with its response', async () => {
-    children.push(await startResponder());
     const resolver = new dns.promises.Resolver({ timeout: 2000, tries: 1 });
     resolver.setServers(['127.0.0.1']);
     expect(await resolver.resolve4(DNS_NAME)).toEqual(['10.1.2.3']);
@@ -182,6 +183,30 @@ describe('sensor on the real kernel', () => {
     const [r] = await log.waitFor('dns', (e) => e.containerId === early.id && e.qr === 'R' && e.id === q.id);
     expect(r).toMatchObject({ rcode: 'NOERROR', answers: ['10.1.2.3'], latencyNs: r.ts - q.ts, netns: q.netns });
     expect(q.netns).toBe(fs.statSync(`/proc/${early.pid}/ns/net`).ino);
+  });
+
+  it('parses DNS over TCP (length-prefixed), paired like UDP', async () => {
+    // A query as a resolver writes it on TCP: 2-byte length, header, question (AAAA, IN).
+    const id = 0x5a17;
+    const qname = Buffer.concat([...DNS_NAME.split('.').map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l)])), Buffer.from([0])]);
+    const msg = Buffer.concat([Buffer.from([id >> 8, id & 0xff, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]), qname, Buffer.from([0, 28, 0, 1])]);
+    const framed = Buffer.concat([Buffer.from([msg.length >> 8, msg.length & 0xff]), msg]);
+    const socket = net.connect(53, '127.0.0.1');
+    const reply = await new Promise<Buffer>((resolve, reject) => {
+      let got = Buffer.alloc(0);
+      socket.on('error', reject);
+      socket.on('connect', () => socket.write(framed));
+      socket.on('data', (d: Buffer) => {
+        got = Buffer.concat([got, d]);
+        if (got.length >= 2 && got.length >= 2 + got.readUInt16BE(0)) resolve(got);
+      });
+    });
+    socket.destroy();
+    expect(reply.readUInt16BE(2)).toBe(id);
+    const [q] = await log.waitFor('dns', (e) => e.proto === 'tcp' && e.qr === 'Q' && e.id === id);
+    expect(q).toMatchObject({ name: DNS_NAME, qtype: 'AAAA', dport: 53, pid: process.pid });
+    const [r] = await log.waitFor('dns', (e) => e.proto === 'tcp' && e.qr === 'R' && e.id === id);
+    expect(r).toMatchObject({ name: DNS_NAME, qtype: 'AAAA', rcode: 'NOERROR', answers: ['2001:db8::5'], sport: 53, dport: q.sport, latencyNs: r.ts - q.ts });
   });
 
   it('reports an unanswered query as TIMEOUT after the documented time', async () => {
