@@ -10,6 +10,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AmberEvent } from '../../src/sensor/events';
+import { waitForAmberPrograms } from '../helpers/bpf';
 import { startContainer, uniqueName, type Container } from '../helpers/podman';
 
 const CLI = path.resolve(__dirname, '../../dist/src/cli/main.js');
@@ -113,6 +114,8 @@ describe('amber agent', () => {
     });
     agent.child.kill('SIGKILL');
     await agent.exited;
+    // a killed agent leaves nothing attached: its links and programs go with its fds
+    expect(await waitForAmberPrograms(0)).toEqual([]);
 
     // a copy taken from the node's disk answers the same, with no agent running
     const copy = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-agent-copy-'));

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sensor } from '../../src/sensor/sensor';
+import { amberProgramsLoaded, waitForAmberPrograms } from '../helpers/bpf';
 import { EventLog } from '../helpers/events';
 import { runOnce, startContainer, uniqueName, type Container } from '../helpers/podman';
 
@@ -220,7 +221,9 @@ describe('sensor on the real kernel', () => {
 
   it('finds the upper layer the same way through the inode-size fallback (overlay as a module without BTF)', async () => {
     const fallback = new EventLog();
+    const before = amberProgramsLoaded();
     const second = await Sensor.start({ types: ['exec'], overlayProbe: 'inode-size' }, fallback.push);
+    expect(amberProgramsLoaded().length).toBe(before.length + second.programs().length);
     try {
       await early.exec('/tmp/busybox', 'true');
       await early.exec('/bin/sh', '-c', 'true');
@@ -231,6 +234,8 @@ describe('sensor on the real kernel', () => {
     } finally {
       await second.stop();
     }
+    // stop() detached and freed its programs: only the suite's main sensor's remain
+    expect((await waitForAmberPrograms(before.length)).sort()).toEqual(before.sort());
   });
 
   it('counts what the ring had no room for instead of losing it silently', async () => {
