@@ -22,7 +22,8 @@ Napi::Error SensorError(Napi::Env env, int err, const std::string& what) {
   std::string message = what;
   if (err != 0) message += ": " + std::string(strerror(err));
   std::string log = LibbpfLogText();
-  if (!log.empty()) message += "\nlibbpf: " + log;
+  while (!log.empty() && log.back() == '\n') log.pop_back();
+  if (!log.empty()) message += "\n" + log;  // libbpf's lines start with "libbpf: " already
   Napi::Error error = Napi::Error::New(env, message);
   error.Set("code", Napi::String::New(env, err == EPERM || err == EACCES ? "EPERM" : "ESENSOR"));
   error.Set("errno", Napi::Number::New(env, -err));

@@ -238,6 +238,23 @@ describe('sensor on the real kernel', () => {
     expect((await waitForAmberPrograms(before.length)).sort()).toEqual(before.sort());
   });
 
+  it("turns a failed attach into an Error with libbpf's own words, and leaves nothing loaded", async () => {
+    const before = amberProgramsLoaded();
+    // a directory that is not a cgroup: the kernel refuses to attach the DNS programs there
+    const err = (await Sensor.start({ types: ['dns'], cgroupRoot: tmp }, () => undefined).catch((e: unknown) => e)) as Error & {
+      code: string;
+      errno: number;
+      libbpf: string;
+    };
+    expect(err).toBeInstanceOf(Error);
+    expect(err.message).toBe(
+      "attaching amber_dns_egress: Bad file descriptor\nlibbpf: prog 'amber_dns_egress': failed to attach to cgroup: Bad file descriptor",
+    );
+    expect(err).toMatchObject({ code: 'ESENSOR', errno: -9 });
+    expect(err.libbpf).toContain("prog 'amber_dns_egress': failed to attach to cgroup");
+    expect((await waitForAmberPrograms(before.length)).sort()).toEqual(before.sort());
+  });
+
   it('counts what the ring had no room for instead of losing it silently', async () => {
     const tiny = new EventLog();
     // One page of ring, drained once a second: a burst of opens must overflow it.
