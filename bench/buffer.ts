@@ -13,7 +13,7 @@ import { Packr } from 'msgpackr';
 import { BlockEncoder } from '../src/buffer/block-codec';
 import { EventBuffer, type QueryFilter } from '../src/buffer';
 import type { AmberEvent, CommonFields, DnsEvent } from '../src/sensor/events';
-import { Sensor } from '../src/sensor/sensor';
+import { countTotal, Sensor } from '../src/sensor/sensor';
 import { compileWorkloads, median, runChild } from './workloads';
 
 const MiB = 1024 * 1024;
@@ -339,7 +339,7 @@ async function agentUnderOpenStorm(): Promise<string[]> {
         seconds: run.seconds,
         stored,
         ours,
-        drops: Object.values(stats.drops).reduce((a, b) => a + b, 0),
+        drops: countTotal(stats.drops),
         appendedPerSecond: stored / run.seconds,
       });
     } finally {

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { AmberEvent } from '../src/sensor/events';
-import { Sensor } from '../src/sensor/sensor';
+import { countTotal, Sensor } from '../src/sensor/sensor';
 import { compileWorkloads, median, runChild, WORK } from './workloads';
 const ROUNDS = Number(process.env.AMBER_BENCH_ROUNDS ?? 3);
 const OPENS = Number(process.env.AMBER_BENCH_OPENS ?? 1_000_000);
@@ -127,7 +127,7 @@ async function measure(w: Workload, tracer: Tracer): Promise<Result> {
   return {
     seconds: run.seconds,
     received,
-    drops: Object.values(stats.drops).reduce((a, b) => a + b, 0),
+    drops: countTotal(stats.drops),
     consumerCpuSeconds: (cpu.user + cpu.system) / 1e6,
     events,
   };

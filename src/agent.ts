@@ -6,17 +6,13 @@
 import type { Logger } from 'pino';
 import { EventBuffer, type BufferLog } from './buffer';
 import type { AmberConfig } from './config';
-import { Sensor, type SensorStats } from './sensor/sensor';
+import { countTotal, Sensor, type SensorStats } from './sensor/sensor';
 
 export interface Agent {
   readonly buffer: EventBuffer;
   readonly sensor: Sensor;
   /** Stops the sensor, writes what it delivered, closes the buffer. Idempotent. */
   close(): Promise<void>;
-}
-
-function sum(counts: Record<string, number>): number {
-  return Object.values(counts).reduce((a, b) => a + b, 0);
 }
 
 export async function startAgent(config: AmberConfig, log: Logger): Promise<Agent> {
@@ -54,10 +50,10 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
   const logStats = (final = false) => {
     const s: SensorStats = sensor.stats();
     const b = buffer.stats();
-    const drops = sum(s.drops);
+    const drops = countTotal(s.drops);
     const fields = {
       event: final ? 'final-stats' : 'stats',
-      received: sum(s.received),
+      received: countTotal(s.received),
       drops: s.drops,
       stalls: s.stalls,
       buffer: { segments: b.segments, bytes: b.bytes, events: b.events, memoryEvents: b.memoryEvents, droppedEvents: b.droppedEvents, writeError: b.writeError },

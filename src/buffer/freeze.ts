@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { Packr } from 'msgpackr';
 import type { AmberEvent } from '../sensor/events';
 import type { QueryFilter } from './query';
+import { readdirIfExists } from './segment';
 
 export const FROZEN_DIR = 'frozen';
 export const WINDOW_FILE = 'window.json';
@@ -146,13 +147,7 @@ export async function writeFrozenWindow(
 
 /** Frozen windows already on disk (sorted by id), ignoring anything that is not a complete window. */
 export async function listFrozenWindows(frozenRoot: string): Promise<FrozenWindow[]> {
-  let names: string[];
-  try {
-    names = await fsp.readdir(frozenRoot);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw err;
-  }
+  const names = await readdirIfExists(frozenRoot);
   const windows: FrozenWindow[] = [];
   for (const name of names.sort()) {
     if (name.startsWith(TMP_PREFIX)) continue;

@@ -35,15 +35,19 @@ export function indexFileName(segmentFile: string): string {
   return segmentFile.replace(/\.amb$/, '.idx');
 }
 
-/** Segment sequence numbers found in `dir`, ascending. */
-export async function listSegments(dir: string): Promise<number[]> {
-  let names: string[];
+/** The names in `dir`; none when it does not exist (yet). */
+export async function readdirIfExists(dir: string): Promise<string[]> {
   try {
-    names = await fsp.readdir(dir);
+    return await fsp.readdir(dir);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw err;
   }
+}
+
+/** Segment sequence numbers found in `dir`, ascending. */
+export async function listSegments(dir: string): Promise<number[]> {
+  const names = await readdirIfExists(dir);
   const seqs: number[] = [];
   for (const name of names) {
     const m = SEGMENT_RE.exec(name);

@@ -4,7 +4,7 @@
  */
 import { parseArgs } from 'node:util';
 import { EVENT_TYPES, type AmberEvent } from '../sensor/events';
-import { Sensor, type SensorStats } from '../sensor/sensor';
+import { countTotal, Sensor, type SensorStats } from '../sensor/sensor';
 import { parseDurationMs } from '../time';
 import { COLUMNS_HEADER, formatEvent, parseOutputFormat } from './format';
 import { parseEventTypes, UsageError } from './usage';
@@ -38,7 +38,7 @@ export function matchesFilter(e: AmberEvent, f: EventFilter): boolean {
 }
 
 export function formatStats(stats: SensorStats): string {
-  const received = Object.values(stats.received).reduce((a, b) => a + b, 0);
+  const received = countTotal(stats.received);
   const drops = Object.entries(stats.drops)
     .map(([t, n]) => `${t}=${n}`)
     .join(' ');

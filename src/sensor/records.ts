@@ -19,7 +19,11 @@ export const Kind = {
   cgroup: 8,
 } as const;
 export const KIND_MAX = 9;
-export const KIND_NAMES: ReadonlyArray<string> = ['', 'exec', 'exit', 'fork', 'open', 'connect', 'accept', 'dns', 'cgroup'];
+/** Kind number → name ("" where none). */
+export const KIND_NAMES: ReadonlyArray<string> = Object.entries(Kind).reduce<string[]>((names, [name, kind]) => {
+  names[kind] = name;
+  return names;
+}, Array<string>(KIND_MAX).fill(''));
 
 export const Layout = {
   'amber_header': 64,

@@ -62,6 +62,13 @@ const SYSCALL_FAMILY: Partial<Record<EventType, number>> = { open: 1, connect: 2
 /** Always loaded: they name the containers. */
 const CGROUP_PROGRAMS = ['amber_cgroup_mkdir', 'amber_cgroup_rmdir'];
 
+/** All of a per-type count (events received, drops). */
+export function countTotal(counts: Record<EventType, number>): number {
+  let total = 0;
+  for (const t of EVENT_TYPES) total += counts[t];
+  return total;
+}
+
 function perType(): Record<EventType, number> {
   return Object.fromEntries(EVENT_TYPES.map((t) => [t, 0])) as Record<EventType, number>;
 }
@@ -124,7 +131,6 @@ export class Sensor {
         if (sensor) sensor.unknownKinds++;
       },
     };
-    const batchEvents: AmberEvent[] = [];
     const native = new binding.Sensor(
       {
         programs: [...programs],
@@ -140,9 +146,9 @@ export class Sensor {
       },
       (batch) => {
         ctx.bootToEpochNs = binding.bootToEpochNs();
-        batchEvents.length = 0;
-        decodeBatch(batch, ctx, batchEvents);
-        sensor?.deliver(batchEvents);
+        const events: AmberEvent[] = [];
+        decodeBatch(batch, ctx, events);
+        sensor?.deliver(events);
       },
     );
     sensor = new Sensor(native, types, dns, resolver, onEvents);
@@ -163,8 +169,7 @@ export class Sensor {
     if (this.types.size < EVENT_TYPES.length) out = events.filter((e) => this.types.has(e.type));
     if (out.length === 0) return;
     for (const e of out) this.received[e.type]++;
-    // A copy: the listener may keep the array; the decoder reuses its own.
-    this.onEvents(out === events ? out.slice() : out);
+    this.onEvents(out); // a fresh array per batch: the listener may keep it
   }
 
   private expireDns(): void {
