@@ -260,21 +260,19 @@ async function fullBufferQuery() {
     const lines = [
       `filled: ${stats.events} events, ${fmt(stats.bytes / MiB)} MiB in ${stats.segments} segments, spanning ${fmt(span / 60)} min (${appended} appended, ${stats.droppedEvents} dropped, fill took ${fmt(fillSeconds)} s)`,
       await timeQuery('1-minute window, all events', { since, until: since + 60e9 }),
-      await timeQuery('1-minute window, dns of one container', {
-        since,
-        until: since + 60e9,
-        types: ['dns'],
-        container: (await firstContainer(buffer, since)) ?? 'host',
-      }),
+      await timeQuery('1-minute window, dns of one container', await oneContainersDns(buffer, since)),
     ];
     await buffer.close();
     return lines;
   });
 }
 
-async function firstContainer(buffer: EventBuffer, since: number): Promise<string | undefined> {
-  for await (const ev of buffer.query({ since, types: ['dns'] })) if (ev.containerId) return ev.containerId.slice(0, 12);
-  return undefined;
+async function oneContainersDns(buffer: EventBuffer, since: number): Promise<QueryFilter> {
+  const window: QueryFilter = { since, until: since + 60e9, types: ['dns'] };
+  for await (const ev of buffer.query({ since, types: ['dns'] })) {
+    if (ev.containerId) return { ...window, container: ev.containerId.slice(0, 12) };
+  }
+  return { ...window, scope: 'host' };
 }
 
 async function main(): Promise<void> {

@@ -1,16 +1,21 @@
 /**
- * The node agent: the sensor's events, named by container, appended to the
- * rolling buffer. The one place that wires the parts together; it reads no
- * environment, argv or signals (the CLI does).
+ * The node agent: the sensor publishes its events, named by container, into
+ * the pipeline; the rolling buffer records every one of them, and the other
+ * consumers (detector, API streams, metrics) subscribe there. The one place
+ * that wires the parts together; it reads no environment, argv or signals
+ * (the CLI does).
  */
 import type { Logger } from 'pino';
 import { EventBuffer, type BufferLog } from './buffer';
 import type { AmberConfig } from './config';
+import { Pipeline } from './pipeline/pipeline';
 import { countTotal, Sensor, type SensorStats } from './sensor/sensor';
 
 export interface Agent {
   readonly buffer: EventBuffer;
   readonly sensor: Sensor;
+  /** Every event the sensor delivers; subscribe here, never to the sensor. */
+  readonly pipeline: Pipeline;
   /** Stops the sensor, writes what it delivered, closes the buffer. Idempotent. */
   close(): Promise<void>;
 }
@@ -27,6 +32,8 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
     maxFrozenBytes: config.buffer.maxFrozenBytes,
     log: bufferLog,
   });
+  const pipeline = new Pipeline((obj, msg) => log.warn(obj, msg));
+  pipeline.addSink((events) => buffer.append(events));
   let sensor: Sensor;
   try {
     sensor = await Sensor.start(
@@ -38,7 +45,7 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
         ignoreTgid: process.pid,
         log: (obj, msg) => log.warn({ event: 'containers', ...obj }, msg),
       },
-      (events) => buffer.append(events),
+      pipeline.publish,
     );
   } catch (err) {
     await buffer.close();
@@ -56,6 +63,7 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
       received: countTotal(s.received),
       drops: s.drops,
       stalls: s.stalls,
+      subscribers: pipeline.stats().subscribers,
       buffer: { segments: b.segments, bytes: b.bytes, events: b.events, memoryEvents: b.memoryEvents, droppedEvents: b.droppedEvents, writeError: b.writeError },
     };
     if (drops > lastDrops) log.warn(fields, 'the ring buffer was full: events were dropped (counted per type)');
@@ -69,10 +77,12 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
   return {
     buffer,
     sensor,
+    pipeline,
     close: () => {
       closing ??= (async () => {
         clearInterval(statsTimer);
         await sensor.stop();
+        pipeline.close();
         logStats(true);
         await buffer.close();
         log.info({ event: 'stopped' }, 'amber agent stopped');

@@ -2,5 +2,4 @@ export { EventBuffer, DEFAULT_DATA_DIR, MAX_FREEZE_AFTER_NS } from './buffer';
 export type { BufferOptions, BufferStats, BufferLog, LogLevel } from './buffer';
 export { FreezeRefusedError } from './freeze';
 export type { FreezeRequest, FrozenWindow } from './freeze';
-export { HOST_CONTAINER } from './query';
 export type { QueryFilter } from './query';

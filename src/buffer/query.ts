@@ -1,47 +1,15 @@
 /**
- * Query filters (which blocks can be skipped, which events match) and the
- * time-ordered merge of decoded blocks.
+ * Which blocks a query can skip (from their summaries), and the time-ordered
+ * merge of decoded blocks.
  */
-import { type AmberEvent, EVENT_TYPES, type EventType } from '../sensor/events';
+import { compileFilter, type EventFilter, validateFilter } from '../filter';
+import { type AmberEvent, EVENT_TYPES } from '../sensor/events';
 import { type BlockSummary, CONTAINER_SUMMARY_CHARS } from './frame';
 
-export interface QueryFilter {
-  /** Inclusive lower bound, ns since the epoch. */
-  since?: number;
-  /** Inclusive upper bound, ns since the epoch. */
-  until?: number;
-  types?: readonly EventType[];
-  /** containerId prefix; "host" selects host processes (containerId ""). */
-  container?: string;
-  pid?: number;
-  /** Exact process name. */
-  comm?: string;
-  /** Substring of path / exePath / filename / DNS name / args joined with spaces. */
-  match?: string;
-}
-
-export const HOST_CONTAINER = 'host';
-
-/** Rejects filters that cannot mean what the caller wanted, with a message saying why. */
-export function validateFilter(filter: QueryFilter): void {
-  const { since, until, types, container, pid, comm, match } = filter;
-  if (since !== undefined && !Number.isFinite(since)) throw new RangeError('since must be a finite number of ns');
-  if (until !== undefined && !Number.isFinite(until)) throw new RangeError('until must be a finite number of ns');
-  if (since !== undefined && until !== undefined && since > until) {
-    throw new RangeError('since is after until: the time range is empty');
-  }
-  if (types !== undefined) {
-    for (const t of types) {
-      if (!(EVENT_TYPES as readonly string[]).includes(t)) {
-        throw new RangeError(`unknown event type "${t}" (known: ${EVENT_TYPES.join(', ')})`);
-      }
-    }
-  }
-  if (container !== undefined && container === '') throw new RangeError('container must not be empty');
-  if (pid !== undefined && !(Number.isInteger(pid) && pid >= 0)) throw new RangeError('pid must be a non-negative integer');
-  if (comm !== undefined && comm === '') throw new RangeError('comm must not be empty');
-  if (match !== undefined && match === '') throw new RangeError('match must not be empty');
-}
+/** The buffer filters with the one event filter (src/filter.ts); blocks are pruned by their summaries first. */
+export type QueryFilter = EventFilter;
+export { validateFilter };
+export const eventMatcher = compileFilter;
 
 /** Whether a block may hold matching events, from its summary alone. */
 export function blockMayMatch(block: BlockSummary, filter: QueryFilter): boolean {
@@ -49,55 +17,21 @@ export function blockMayMatch(block: BlockSummary, filter: QueryFilter): boolean
   if (filter.since !== undefined && block.maxTs < filter.since) return false;
   if (filter.until !== undefined && block.minTs > filter.until) return false;
   if (filter.types && !filter.types.some((t) => block.typeCounts[EVENT_TYPES.indexOf(t)] > 0)) return false;
-  if (filter.container !== undefined && block.containers) {
-    const wanted = filter.container;
-    if (wanted === HOST_CONTAINER) return block.containers.includes('');
-    const head = wanted.slice(0, CONTAINER_SUMMARY_CHARS);
-    const matches =
-      wanted.length <= CONTAINER_SUMMARY_CHARS
-        ? (c: string) => c !== '' && c.startsWith(head)
-        : (c: string) => c === head;
-    if (!block.containers.some(matches)) return false;
+  if (block.containers) {
+    const { containers } = block;
+    if (filter.scope === 'host' && !containers.includes('')) return false;
+    if (filter.scope === 'containers' && !containers.some((c) => c !== '')) return false;
+    if (filter.container !== undefined) {
+      const wanted = filter.container;
+      const head = wanted.slice(0, CONTAINER_SUMMARY_CHARS);
+      const matches =
+        wanted.length <= CONTAINER_SUMMARY_CHARS
+          ? (c: string) => c !== '' && c.startsWith(head)
+          : (c: string) => c === head;
+      if (!containers.some(matches)) return false;
+    }
   }
   return true;
-}
-
-/** Tolerates events that miss contract fields (stored as maps): they just do not match on those fields. */
-export function eventMatcher(filter: QueryFilter): (ev: AmberEvent) => boolean {
-  const { since, until, container, pid, comm, match } = filter;
-  const types = filter.types ? new Set<string>(filter.types) : undefined;
-  return (ev) => {
-    if (since !== undefined && !(ev.ts >= since)) return false;
-    if (until !== undefined && !(ev.ts <= until)) return false;
-    if (types && !types.has(ev.type)) return false;
-    if (container !== undefined) {
-      const id = typeof ev.containerId === 'string' ? ev.containerId : '';
-      if (container === HOST_CONTAINER ? id !== '' : !id.startsWith(container)) return false;
-    }
-    if (pid !== undefined && ev.pid !== pid) return false;
-    if (comm !== undefined && ev.comm !== comm) return false;
-    if (match !== undefined && !eventText(ev).some((text) => text.includes(match))) return false;
-    return true;
-  };
-}
-
-/** The texts `match` searches in. */
-function eventText(ev: AmberEvent): string[] {
-  let texts: unknown[];
-  switch (ev.type) {
-    case 'open':
-      texts = [ev.path];
-      break;
-    case 'exec':
-      texts = [ev.exePath, ev.filename, Array.isArray(ev.args) ? ev.args.join(' ') : undefined];
-      break;
-    case 'dns':
-      texts = [ev.name];
-      break;
-    default:
-      texts = [];
-  }
-  return texts.filter((t): t is string => typeof t === 'string');
 }
 
 /** A decoded, time-sorted block waiting in the merge. */

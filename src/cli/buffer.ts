@@ -3,21 +3,21 @@
  * agent needed, a copied data dir works), never writing to it.
  */
 import { parseArgs } from 'node:util';
-import { DEFAULT_DATA_DIR, EventBuffer, type QueryFilter } from '../buffer';
-import { formatTs, nowNs, parseTimeArg } from '../time';
+import { DEFAULT_DATA_DIR, EventBuffer } from '../buffer';
+import { formatTs, nowNs } from '../time';
 import type { BufferStats } from '../buffer';
 import { EVENT_TYPES } from '../sensor/events';
+import { FILTER_OPTIONS, FILTER_USAGE, filterFromOptions, integerOption, TIME_OPTIONS, TIME_USAGE } from './filter-options';
 import { clean, COLUMNS_HEADER, formatColumns } from './format';
-import { parseEventTypes, UsageError } from './usage';
+import { UsageError } from './usage';
 
-const QUERY_USAGE = `usage: amber buffer query [--data-dir DIR] [--since T] [--until T] [--type exec,open,...]
-                          [--container ID|host] [--pid N] [--comm NAME] [--match TEXT]
-                          [-o columns|json] [--limit N]
-  T: a duration ago (30s, 5m, 1h30m, 2d), now, an RFC 3339 time (2024-05-01T12:00:00Z) or ns since the epoch
-  --container: a container id prefix, or "host" for host processes
-  --match: text contained in a path, executable, filename, DNS name or the joined args
-  types: ${EVENT_TYPES.join(', ')}
-  data dir default: ${DEFAULT_DATA_DIR}
+const QUERY_USAGE = `usage: amber buffer query [--data-dir DIR] [filter options] [-o columns|json] [--limit N]
+  --data-dir DIR              the data dir (default ${DEFAULT_DATA_DIR}), or a copy of one
+  --type exec,open,...        event types (${EVENT_TYPES.join(', ')})
+${TIME_USAGE}
+${FILTER_USAGE}
+  -o, --output columns|json   a table (default) or JSON lines
+  --limit N                   the first N events
 `;
 
 const STATS_USAGE = `usage: amber buffer stats [--data-dir DIR] [-o text|json]
@@ -32,13 +32,9 @@ export async function bufferQuery(argv: string[], out: NodeJS.WritableStream, er
       allowPositionals: false,
       options: {
         'data-dir': { type: 'string', default: DEFAULT_DATA_DIR },
-        since: { type: 'string' },
-        until: { type: 'string' },
+        ...TIME_OPTIONS,
+        ...FILTER_OPTIONS,
         type: { type: 'string' },
-        container: { type: 'string' },
-        pid: { type: 'string' },
-        comm: { type: 'string' },
-        match: { type: 'string' },
         output: { type: 'string', short: 'o', default: 'columns' },
         limit: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
@@ -50,18 +46,7 @@ export async function bufferQuery(argv: string[], out: NodeJS.WritableStream, er
     }
     const output = values.output;
     if (output !== 'columns' && output !== 'json') throw new UsageError(`-o must be columns or json, got "${output}"`);
-    const now = nowNs();
-    const filter: QueryFilter = {};
-    if (values.since !== undefined) filter.since = timeOption('--since', values.since, now);
-    if (values.until !== undefined) filter.until = timeOption('--until', values.until, now);
-    if (filter.since !== undefined && filter.until !== undefined && filter.since > filter.until) {
-      throw new UsageError(`--since (${formatTs(filter.since)}) is after --until (${formatTs(filter.until)})`);
-    }
-    if (values.type !== undefined) filter.types = parseEventTypes(values.type, '--type');
-    if (values.container !== undefined) filter.container = nonEmpty('--container', values.container);
-    if (values.pid !== undefined) filter.pid = integerOption('--pid', values.pid, 0);
-    if (values.comm !== undefined) filter.comm = nonEmpty('--comm', values.comm);
-    if (values.match !== undefined) filter.match = nonEmpty('--match', values.match);
+    const filter = filterFromOptions(values, nowNs());
     const limit = values.limit === undefined ? Infinity : integerOption('--limit', values.limit, 1);
 
     const buffer = await EventBuffer.openReadOnly(values['data-dir'], { log: warnTo(err) });
@@ -137,26 +122,6 @@ function warnTo(err: NodeJS.WritableStream) {
     if (level === 'info') return;
     err.write(`amber buffer: ${level}: ${msg}${fields ? ` ${JSON.stringify(fields)}` : ''}\n`);
   };
-}
-
-function timeOption(flag: string, text: string, now: number): number {
-  try {
-    return parseTimeArg(text, now);
-  } catch (e) {
-    throw new UsageError(`${flag}: ${(e as Error).message}`);
-  }
-}
-
-function integerOption(flag: string, text: string, min: number): number {
-  if (!/^\d+$/.test(text.trim()) || Number(text) < min || !Number.isSafeInteger(Number(text))) {
-    throw new UsageError(`${flag} must be an integer >= ${min}, got "${text}"`);
-  }
-  return Number(text);
-}
-
-function nonEmpty(flag: string, text: string): string {
-  if (text === '') throw new UsageError(`${flag} must not be empty`);
-  return text;
 }
 
 /** Batches lines; honours backpressure; stops quietly when the reader goes away (e.g. `| head`). */

@@ -3,39 +3,20 @@
  * its events, like Inspektor Gadget's trace gadgets.
  */
 import { parseArgs } from 'node:util';
-import { EVENT_TYPES, type AmberEvent } from '../sensor/events';
+import { EVENT_TYPES } from '../sensor/events';
 import { countTotal, Sensor, type SensorStats } from '../sensor/sensor';
-import { parseDurationMs } from '../time';
+import { compileFilter } from '../filter';
+import { nowNs, parseDurationMs } from '../time';
+import { FILTER_OPTIONS, FILTER_USAGE, filterFromOptions } from './filter-options';
 import { COLUMNS_HEADER, formatEvent, parseOutputFormat } from './format';
 import { parseEventTypes, UsageError } from './usage';
 
 export const TRACE_USAGE = `usage: amber trace <${EVENT_TYPES.join('|')}|all> --local [options]
   -o, --output json|columns   output format (default columns)
-  --container ID              only this container (ID prefix)
-  --pid N                     only this process
-  --comm NAME                 only this command name
-  --host                      only host processes
-  --containers-only           only container processes
+${FILTER_USAGE}
   --timeout DURATION          stop after this long (e.g. 10s)
   --dns-timeout DURATION      a DNS query unanswered this long is reported as TIMEOUT (default 5s)
 Drop counters are printed to stderr when it stops (timeout, Ctrl-C, SIGTERM).`;
-
-export interface EventFilter {
-  container?: string;
-  pid?: number;
-  comm?: string;
-  host?: boolean;
-  containersOnly?: boolean;
-}
-
-export function matchesFilter(e: AmberEvent, f: EventFilter): boolean {
-  if (f.container !== undefined && !e.containerId.startsWith(f.container)) return false;
-  if (f.pid !== undefined && e.pid !== f.pid) return false;
-  if (f.comm !== undefined && e.comm !== f.comm) return false;
-  if (f.host && e.containerId !== '') return false;
-  if (f.containersOnly && e.containerId === '') return false;
-  return true;
-}
 
 export function formatStats(stats: SensorStats): string {
   const received = countTotal(stats.received);
@@ -52,11 +33,7 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
     options: {
       local: { type: 'boolean' },
       output: { type: 'string', short: 'o' },
-      container: { type: 'string' },
-      pid: { type: 'string' },
-      comm: { type: 'string' },
-      host: { type: 'boolean' },
-      'containers-only': { type: 'boolean' },
+      ...FILTER_OPTIONS,
       timeout: { type: 'string' },
       'dns-timeout': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -71,24 +48,15 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
   if (!values.local) {
     throw new UsageError('tracing through a running agent is not available yet: add --local to trace in this process');
   }
-  if (values.host && values['containers-only']) throw new UsageError('--host and --containers-only exclude each other');
   const format = parseOutputFormat(values.output);
-  const pid = values.pid !== undefined ? Number(values.pid) : undefined;
-  if (pid !== undefined && !Number.isInteger(pid)) throw new UsageError(`--pid takes a number, not "${values.pid}"`);
-  const filter: EventFilter = {
-    container: values.container,
-    pid,
-    comm: values.comm,
-    host: values.host,
-    containersOnly: values['containers-only'],
-  };
+  const matches = compileFilter(filterFromOptions(values, nowNs()));
   const timeoutMs = values.timeout !== undefined ? parseDurationMs(values.timeout) : undefined;
   const dnsTimeoutMs = values['dns-timeout'] !== undefined ? parseDurationMs(values['dns-timeout']) : undefined;
 
   if (format === 'columns') out.write(`${COLUMNS_HEADER}\n`);
   const sensor = await Sensor.start({ types, ignoreTgid: process.pid, dnsTimeoutMs }, (events) => {
     let text = '';
-    for (const e of events) if (matchesFilter(e, filter)) text += `${formatEvent(e, format)}\n`;
+    for (const e of events) if (matches(e)) text += `${formatEvent(e, format)}\n`;
     if (text) out.write(text);
   });
   err.write(`amber: tracing ${types.join(',')} (${timeoutMs !== undefined ? `for ${timeoutMs / 1000}s` : 'Ctrl-C to stop'})\n`);

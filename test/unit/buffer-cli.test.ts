@@ -98,7 +98,7 @@ describe('amber buffer query', () => {
 
   it.each([
     [['--type', 'dns,fork'], [4, 5, 6]],
-    [['--container', 'host'], [6, 7]],
+    [['--host'], [6, 7]],
     [['--container', CONTAINER_B.slice(0, 5)], [2]],
     [['--pid', '11'], [2, 4, 5]],
     [['--comm', 'bash'], [0, 1]],
@@ -107,7 +107,7 @@ describe('amber buffer query', () => {
     [['--until', '2024-05-01T12:00:00.002Z'], [0, 1]],
     [['--since', String(T0 + 3 * MS), '--until', String(T0 + 4 * MS)], [2, 3]],
     [['--limit', '2'], [0, 1]],
-    [['--type', 'open', '--container', 'host'], []],
+    [['--type', 'open', '--host'], []],
   ])('filters with %j', async (flags, indexes) => {
     const r = await run(bufferQuery, ['--data-dir', dir, '-o', 'json', ...flags]);
     expect(r).toMatchObject({ code: 0, err: '' });

@@ -95,8 +95,8 @@ describe('freeze', () => {
     const { dir, buffer } = await openBuffer();
     const events = [openEvent(T0, { pid: 1 }), execEvent(T0 + 1, { pid: 2 }), execEvent(T0 + 2, { pid: 3, containerId: '' })];
     buffer.append(events);
-    const window = await buffer.freeze({ at: T0, before: SEC, after: SEC, reason: 'exec only', filter: { types: ['exec'], container: 'host' } });
-    expect(window).toMatchObject({ count: 1, filter: { types: ['exec'], container: 'host' } });
+    const window = await buffer.freeze({ at: T0, before: SEC, after: SEC, reason: 'exec only', filter: { types: ['exec'], scope: 'host' } });
+    expect(window).toMatchObject({ count: 1, filter: { types: ['exec'], scope: 'host' } });
     expect((await readWindow(dir, window)).fromJsonl).toEqual([events[2]]);
     await buffer.close();
     const ro = await EventBuffer.openReadOnly(dir);

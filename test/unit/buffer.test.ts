@@ -134,7 +134,7 @@ describe('EventBuffer', () => {
     buffer.append([partial, extra]);
     await buffer.flush();
     expect(await collect(buffer.query())).toEqual([partial, extra]);
-    expect(await collect(buffer.query({ container: 'host' }))).toEqual([partial]);
+    expect(await collect(buffer.query({ scope: 'host' }))).toEqual([partial]);
     expect(await collect(buffer.query({ match: 'passwd' }))).toEqual([extra]);
     expect(await collect(buffer.query({ types: ['exec'], match: 'x' }))).toEqual([]);
     expect(buffer.stats().eventsPerType).toMatchObject({ exec: 1, open: 1 });
@@ -203,7 +203,7 @@ describe('query filters', () => {
     ['types', { types: ['exec', 'dns'] }, pick(0, 3, 6)],
     ['container prefix', { container: CONTAINER_B.slice(0, 4) }, pick(3, 4)],
     ['container full id', { container: CONTAINER_A }, pick(0, 1, 2, 5)],
-    ['container "host"', { container: 'host' }, pick(6, 7)],
+    ['scope host', { scope: 'host' }, pick(6, 7)],
     ['pid', { pid: 11 }, pick(2, 3)],
     ['comm (exact)', { comm: 'curl' }, pick(2, 3)],
     ['comm is not a substring match', { comm: 'cur' }, []],
@@ -213,7 +213,7 @@ describe('query filters', () => {
     ['match on a DNS name', { match: 'evil.example' }, pick(0, 3)],
     ['match on args joined', { match: '-fsSL http://' }, pick(0)],
     ['match ignores other fields', { match: '203.0.113.7' }, []],
-    ['filters combine', { types: ['open'], container: 'host', match: 'cron' }, pick(7)],
+    ['filters combine', { types: ['open'], scope: 'host', match: 'cron' }, pick(7)],
   ];
 
   it.each(cases)('%s', async (_name, filter, expected) => {
@@ -242,11 +242,11 @@ describe('query filters', () => {
     expect(blockMayMatch(block, { until: 100 })).toBe(true);
     expect(blockMayMatch(block, { types: ['exec'] })).toBe(false);
     expect(blockMayMatch(block, { types: ['exec', 'open'] })).toBe(true);
-    expect(blockMayMatch(block, { container: 'host' })).toBe(true);
+    expect(blockMayMatch(block, { scope: 'host' })).toBe(true);
     expect(blockMayMatch(block, { container: CONTAINER_A })).toBe(true);
     expect(blockMayMatch(block, { container: CONTAINER_A.slice(0, 3) })).toBe(true);
     expect(blockMayMatch(block, { container: CONTAINER_B })).toBe(false);
-    expect(blockMayMatch({ ...block, containers: [CONTAINER_A.slice(0, 12)] }, { container: 'host' })).toBe(false);
+    expect(blockMayMatch({ ...block, containers: [CONTAINER_A.slice(0, 12)] }, { scope: 'host' })).toBe(false);
     expect(blockMayMatch({ ...block, containers: null }, { container: CONTAINER_B })).toBe(true);
     expect(blockMayMatch(block, { pid: 1, comm: 'x', match: 'y' })).toBe(true);
   });

@@ -1,0 +1,51 @@
+/** The one event filter, as every command and subscriber uses it. */
+import { describe, expect, it } from 'vitest';
+import { compileFilter, type EventFilter, validateFilter } from '../../src/filter';
+import { CONTAINER_A, CONTAINER_B, dnsEvent, execEvent, openEvent, T0 } from '../helpers/buffer-events';
+
+const events = [
+  execEvent(T0, { pid: 1, args: ['curl', 'http://x'] }),
+  openEvent(T0 + 1000, { pid: 2, containerId: '', comm: 'cron', path: '/etc/crontab' }),
+  dnsEvent(T0 + 2000, { pid: 3, containerId: CONTAINER_B, name: 'evil.example' }),
+  openEvent(T0 + 3000, { pid: 4, containerId: CONTAINER_A }),
+];
+
+describe('compileFilter', () => {
+  it.each<[string, EventFilter, number[]]>([
+    ['nothing set', {}, [1, 2, 3, 4]],
+    ['types', { types: ['open'] }, [2, 4]],
+    ['time range, inclusive', { since: T0 + 1000, until: T0 + 2000 }, [2, 3]],
+    ['container prefix', { container: CONTAINER_A.slice(0, 4) }, [1, 4]],
+    ['host only', { scope: 'host' }, [2]],
+    ['containers only', { scope: 'containers' }, [1, 3, 4]],
+    ['container prefix and containers only', { container: CONTAINER_B.slice(0, 3), scope: 'containers' }, [3]],
+    ['pid', { pid: 3 }, [3]],
+    ['comm, exact', { comm: 'cro' }, []],
+    ['match in args', { match: 'http://' }, [1]],
+    ['match in a DNS name', { match: 'evil' }, [3]],
+    ['match in a path, combined', { match: '/etc/', scope: 'host', types: ['open'] }, [2]],
+  ])('%s', (_, filter, pids) => {
+    validateFilter(filter);
+    expect(events.filter(compileFilter(filter)).map((e) => e.pid)).toEqual(pids);
+  });
+
+  it('does not throw on stored events that miss fields', () => {
+    const partial = { type: 'exec', ts: T0, pid: 9 } as never;
+    expect(compileFilter({ match: 'x', scope: 'containers' })(partial)).toBe(false);
+    expect(compileFilter({ scope: 'host' })(partial)).toBe(true);
+  });
+});
+
+describe('validateFilter', () => {
+  it.each<[EventFilter, string]>([
+    [{ since: 2, until: 1 }, 'since is after until'],
+    [{ types: ['nope' as never] }, 'unknown event type "nope"'],
+    [{ container: '' }, 'container must not be empty'],
+    [{ container: 'ab', scope: 'host' }, 'exclude each other'],
+    [{ scope: 'pods' as never }, 'scope must be "host" or "containers"'],
+    [{ pid: -1 }, 'pid must be a non-negative integer'],
+    [{ since: Number.NaN }, 'since must be a finite number'],
+  ])('refuses %j', (filter, message) => {
+    expect(() => validateFilter(filter)).toThrow(message);
+  });
+});
