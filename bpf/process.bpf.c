@@ -29,17 +29,19 @@ static __always_inline int ovl_on_upper(struct inode *inode)
 /*
  * The executable's path as /proc/<pid>/exe shows it (d_path): a pseudo file
  * such as a memfd is "/<name> (deleted)" (the kernel's simple_dname), an
- * unlinked file its last path + " (deleted)". Appended to the record at off;
- * returns its length.
+ * unlinked file its last path + " (deleted)"; one exception below, where
+ * d_path says only "/". Appended to the record at off; returns its length.
  */
 static __always_inline __u32 exe_path_append(struct amber_scratch *s, __u32 off, struct file *file,
 					     int *truncated)
 {
 	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
 	struct vfsmount *mnt = BPF_CORE_READ(file, f_path.mnt);
+	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+	struct dentry *mnt_root = BPF_CORE_READ(mnt, mnt_root);
 	__u32 n, pos;
 
-	if (dentry == BPF_CORE_READ(dentry, d_parent) && dentry != BPF_CORE_READ(mnt, mnt_root)) {
+	if (dentry == parent && dentry != mnt_root) {
 		struct qstr name = BPF_CORE_READ(dentry, d_name);
 		__u32 len = name.len;
 
@@ -51,10 +53,22 @@ static __always_inline __u32 exe_path_append(struct amber_scratch *s, __u32 off,
 		n = 1 + len;
 		*truncated = 0;
 	} else {
+		struct mount *m = (void *)mnt - bpf_core_field_offset(struct mount, mnt);
+
+		if (dentry == mnt_root && dentry != parent && BPF_CORE_READ(m, mnt_parent) == m) {
+			/*
+			 * A file that is the root of a detached mount (runc 1.1 re-executes
+			 * itself from a read-only bind of its binary, then unmounted): d_path
+			 * says only "/". Its path in its own filesystem names the file.
+			 */
+			struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+			mnt = BPF_CORE_READ(task, fs, root.mnt);
+		}
 		pos = path_build(s, dentry, mnt, truncated);
 		n = path_append(s, off, pos);
 		/* d_unlinked(): unhashed and not a root */
-		if (dentry == BPF_CORE_READ(dentry, d_parent) || BPF_CORE_READ(dentry, d_hash.pprev) != NULL)
+		if (dentry == parent || BPF_CORE_READ(dentry, d_hash.pprev) != NULL)
 			return n;
 	}
 	/* " (deleted)", byte by byte: a string literal would be a .rodata.str section the linked object cannot load */
