@@ -5,10 +5,12 @@
  */
 
 /**
- * Part of the on-disk format: each buffer block's summary stores its per-type
- * event counts as an array in this order (src/buffer/block-codec.ts
- * `typeCounts`, read back for stats and block pruning by type). Append new
- * types at the end; never reorder or remove one.
+ * The order is part of the on-disk format: each buffer block's frame header
+ * stores its events per type as an array in this order (`typeCounts`, counted
+ * by src/buffer/block-codec.ts, written and read by src/buffer/frame.ts, used
+ * to skip blocks in queries by type and summed by `buffer stats`). Append new
+ * types at the end; never reorder or remove one, or stored counts are read
+ * under the wrong types.
  */
 export const EVENT_TYPES = ['exec', 'exit', 'fork', 'open', 'connect', 'accept', 'dns'] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
