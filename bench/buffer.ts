@@ -79,6 +79,7 @@ function realisticEvents(seed: number, startTs: number, eventsPerSecond: number)
         type: 'open', ts, pid: p.pid, tid, ppid: p.ppid, uid: p.uid, gid: p.uid, comm: p.comm, cgroupId: p.cgroupId,
         containerId: p.containerId, mntns: p.mntns, netns: p.netns,
         path: pick(paths), flags, flagNames, mode: flags & 64 ? 0o644 : 0, ret: r() < 0.9 ? 3 + Math.floor(r() * 20) : -2,
+        pathTruncated: false,
       };
     }
     if (x < 0.8) {
@@ -87,7 +88,7 @@ function realisticEvents(seed: number, startTs: number, eventsPerSecond: number)
         type: 'exec', ts, pid: p.pid, tid, ppid: p.ppid, uid: p.uid, gid: p.uid, comm: p.comm, cgroupId: p.cgroupId,
         containerId: p.containerId, mntns: p.mntns, netns: p.netns,
         filename: exe, exePath: exe, args: [exe.slice(exe.lastIndexOf('/') + 1), pick(argPool), pick(argPool), pick(argPool)],
-        argsTruncated: false, upperLayer: r() < 0.02, fileless: false,
+        argsTruncated: false, upperLayer: r() < 0.02, fileless: false, script: '', pathTruncated: false,
       };
     }
     const sport = 30000 + Math.floor(r() * 30000);
@@ -104,7 +105,7 @@ function realisticEvents(seed: number, startTs: number, eventsPerSecond: number)
       containerId: p.containerId, mntns: p.mntns, netns: p.netns,
       proto: 'udp', family: 4, saddr: '10.1.2.3', sport, daddr: '10.96.0.10', dport: 53,
       qr: query ? 'Q' : 'R', id: Math.floor(r() * 65536), name: pick(names), qtype: pick(['A', 'AAAA']),
-      rcode: query ? '' : 'NOERROR', answers: query ? [] : [pick(addrs)],
+      rcode: query ? '' : 'NOERROR', answers: query ? [] : [{ type: 'A', data: pick(addrs) }], answersTruncated: false,
     };
     if (!query) dns.latencyNs = Math.floor(r() * 2e6);
     return dns;
@@ -117,9 +118,9 @@ function spreadBuilt(ev: AmberEvent): AmberEvent {
   const common: CommonFields = { type, ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns };
   switch (ev.type) {
     case 'open':
-      return { ...common, type: 'open', path: ev.path, flags: ev.flags, flagNames: ev.flagNames, mode: ev.mode, ret: ev.ret };
+      return { ...common, type: 'open', path: ev.path, flags: ev.flags, flagNames: ev.flagNames, mode: ev.mode, ret: ev.ret, pathTruncated: ev.pathTruncated };
     case 'exec':
-      return { ...common, type: 'exec', filename: ev.filename, exePath: ev.exePath, args: ev.args, argsTruncated: ev.argsTruncated, upperLayer: ev.upperLayer, fileless: ev.fileless };
+      return { ...common, type: 'exec', filename: ev.filename, exePath: ev.exePath, args: ev.args, argsTruncated: ev.argsTruncated, upperLayer: ev.upperLayer, fileless: ev.fileless, script: ev.script, pathTruncated: ev.pathTruncated };
     case 'connect':
       return { ...common, type: 'connect', proto: ev.proto, family: ev.family, saddr: ev.saddr, sport: ev.sport, daddr: ev.daddr, dport: ev.dport, ret: ev.ret };
     default:

@@ -23,10 +23,7 @@
 extern const volatile __u32 amber_ignore_tgid;    /* the agent itself; 0 = none */
 extern const volatile __u64 amber_wakeup_bytes;   /* wake the reader once this much is queued */
 extern const volatile __u8 amber_ovl_by_inode_size; /* 1 = skip the ovl_inode BTF path (tests) */
-extern const volatile __u32 amber_families;       /* AMBER_FAMILY_*: what the sys_exit dispatcher hands on */
-
-#define AMBER_FAMILY_FILE (1 << 0)
-#define AMBER_FAMILY_NET (1 << 1)
+extern const volatile __u32 amber_families;       /* AMBER_FAMILY_* (events.h): what the sys_exit dispatcher hands on */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

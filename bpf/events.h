@@ -56,10 +56,12 @@ struct amber_header {
 	char comm[AMBER_COMM_LEN];
 };
 
+/* header.flags bits; user space reads them through the addon's wireConstants() */
 /* exec flags */
 #define AMBER_F_UPPER_LAYER    (1 << 0)
 #define AMBER_F_FILELESS       (1 << 1)
 #define AMBER_F_ARGS_TRUNCATED (1 << 2)
+/* exec and open: a path was cut at AMBER_PATH_MAX (or deeper than the walk goes) */
 #define AMBER_F_PATH_TRUNCATED (1 << 3)
 /* open flags */
 #define AMBER_F_PATH_RESOLVED  (1 << 4) /* path built from the opened file's dentries */
@@ -67,14 +69,20 @@ struct amber_header {
 #define AMBER_F_INGRESS        (1 << 5)
 /* cgroup flags */
 #define AMBER_F_CGROUP_RMDIR   (1 << 6)
+/* exec: an interpreter runs the executed file (shebang script, binfmt_misc) */
+#define AMBER_F_SCRIPT         (1 << 7)
+
+/* Load-time setting amber_families: what the sys_exit dispatcher hands on. */
+#define AMBER_FAMILY_FILE (1 << 0)
+#define AMBER_FAMILY_NET  (1 << 1)
 
 struct amber_exec {
 	struct amber_header hdr;
 	__u16 filename_len;
 	__u16 exe_path_len;
 	__u16 args_len;     /* bytes of NUL-separated argv in the tail */
-	__u16 _pad;
-	/* tail: filename, exe_path, args */
+	__u16 cwd_len;      /* AMBER_F_SCRIPT with a relative filename: the caller's cwd, else 0 */
+	/* tail: filename, exe_path, args, cwd */
 };
 
 struct amber_exit {

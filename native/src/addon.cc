@@ -35,6 +35,7 @@ Napi::Value Layout(const Napi::CallbackInfo& info) {
   FIELD(amber_exec, filename_len);
   FIELD(amber_exec, exe_path_len);
   FIELD(amber_exec, args_len);
+  FIELD(amber_exec, cwd_len);
   SIZE(amber_exit);
   FIELD(amber_exit, exit_code);
   FIELD(amber_exit, signal);
@@ -74,6 +75,41 @@ Napi::Value Layout(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// The numbers of the wire contract besides offsets: event kinds, header flag
+// bits and syscall family bits, by their C names, as compiled.
+Napi::Value WireConstants(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object kinds = Napi::Object::New(env);
+  Napi::Object flags = Napi::Object::New(env);
+  Napi::Object families = Napi::Object::New(env);
+#define SET(obj, name) obj.Set(#name, Napi::Number::New(env, name))
+  SET(kinds, AMBER_EXEC);
+  SET(kinds, AMBER_EXIT);
+  SET(kinds, AMBER_FORK);
+  SET(kinds, AMBER_OPEN);
+  SET(kinds, AMBER_CONNECT);
+  SET(kinds, AMBER_ACCEPT);
+  SET(kinds, AMBER_DNS);
+  SET(kinds, AMBER_CGROUP);
+  SET(kinds, AMBER_KIND_MAX);
+  SET(flags, AMBER_F_UPPER_LAYER);
+  SET(flags, AMBER_F_FILELESS);
+  SET(flags, AMBER_F_ARGS_TRUNCATED);
+  SET(flags, AMBER_F_PATH_TRUNCATED);
+  SET(flags, AMBER_F_PATH_RESOLVED);
+  SET(flags, AMBER_F_INGRESS);
+  SET(flags, AMBER_F_CGROUP_RMDIR);
+  SET(flags, AMBER_F_SCRIPT);
+  SET(families, AMBER_FAMILY_FILE);
+  SET(families, AMBER_FAMILY_NET);
+#undef SET
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("kinds", kinds);
+  out.Set("flags", flags);
+  out.Set("families", families);
+  return out;
+}
+
 // CLOCK_REALTIME - CLOCK_BOOTTIME in ns: added to a record's ts to get epoch ns.
 Napi::Value BootToEpochNs(const Napi::CallbackInfo& info) {
   struct timespec real, boot;
@@ -92,12 +128,14 @@ class Addon : public Napi::Addon<Addon> {
     DefineAddon(exports, {
                              InstanceValue("Sensor", Sensor::Define(env)),
                              InstanceMethod<&Addon::CallLayout>("layout"),
+                             InstanceMethod<&Addon::CallWireConstants>("wireConstants"),
                              InstanceMethod<&Addon::CallBootToEpochNs>("bootToEpochNs"),
                          });
   }
 
  private:
   Napi::Value CallLayout(const Napi::CallbackInfo& info) { return Layout(info); }
+  Napi::Value CallWireConstants(const Napi::CallbackInfo& info) { return WireConstants(info); }
   Napi::Value CallBootToEpochNs(const Napi::CallbackInfo& info) { return BootToEpochNs(info); }
 };
 

@@ -10,14 +10,17 @@
  * the same wire format at about twice that rate (~1.7M/s encoding alone).
  * An event that does not have exactly a contract shape (missing or extra
  * fields, unexpected value types) is written as a plain msgpack map instead,
- * so nothing is ever dropped.
+ * so nothing is ever dropped: the optional `…Raw` fields (bytes that are not
+ * UTF-8, rare) take that path.
  */
+import { isIPv4, isIPv6 } from 'node:net';
 import { Unpackr } from 'msgpackr';
 import type {
   AcceptEvent,
   AmberEvent,
   CommonFields,
   ConnectEvent,
+  DnsAnswer,
   DnsEvent,
   EventType,
   ExecEvent,
@@ -34,17 +37,25 @@ const COMMON_KEYS = [
 ] as const satisfies readonly (keyof CommonFields)[];
 const SOCK_KEYS = ['proto', 'family', 'saddr', 'sport', 'daddr', 'dport'] as const;
 
-const EXEC_KEYS = [...COMMON_KEYS, 'filename', 'exePath', 'args', 'argsTruncated', 'upperLayer', 'fileless'] as const;
+const EXEC_KEYS = [
+  ...COMMON_KEYS, 'filename', 'exePath', 'args', 'argsTruncated', 'upperLayer', 'fileless', 'script', 'pathTruncated',
+] as const;
 const EXIT_KEYS = [...COMMON_KEYS, 'exitCode', 'signal'] as const;
 const FORK_KEYS = [...COMMON_KEYS, 'childPid'] as const;
-const OPEN_KEYS = [...COMMON_KEYS, 'path', 'flags', 'flagNames', 'mode', 'ret'] as const;
+const OPEN_KEYS = [...COMMON_KEYS, 'path', 'flags', 'flagNames', 'mode', 'ret', 'pathTruncated'] as const;
 const CONNECT_KEYS = [...COMMON_KEYS, ...SOCK_KEYS, 'ret'] as const;
-const DNS_KEYS = [...COMMON_KEYS, ...SOCK_KEYS, 'qr', 'id', 'name', 'qtype', 'rcode', 'answers'] as const;
+const DNS_KEYS = [...COMMON_KEYS, ...SOCK_KEYS, 'qr', 'id', 'name', 'qtype', 'rcode', 'answers', 'answersTruncated'] as const;
 const DNS_LATENCY_KEYS = [...DNS_KEYS, 'latencyNs'] as const;
+
+/** Answer records inside a dns event. */
+const ANSWER_KEYS = ['type', 'data'] as const satisfies readonly (keyof DnsAnswer)[];
+
+/** Optional fields, present only on the rare event whose bytes are not UTF-8: such events take the map path. */
+type RawKeys = 'filenameRaw' | 'exePathRaw' | 'argsRaw' | 'scriptRaw' | 'pathRaw';
 
 // Compile-time guard: a field added to events.ts must be added to its key list
 // above (and written below), or every such event would take the slow map path.
-type Exact<T, K extends readonly PropertyKey[]> = [Exclude<keyof T, K[number]>, Exclude<K[number], keyof T>] extends [
+type Exact<T, K extends readonly PropertyKey[]> = [Exclude<keyof T, K[number] | RawKeys>, Exclude<K[number], keyof T>] extends [
   never,
   never,
 ]
@@ -66,6 +77,8 @@ const SHAPES: readonly (readonly string[])[] = [
   EXEC_KEYS, EXIT_KEYS, FORK_KEYS, OPEN_KEYS, CONNECT_KEYS, CONNECT_KEYS, DNS_KEYS, DNS_LATENCY_KEYS,
 ];
 const SHAPE_DNS_LATENCY = 7;
+/** The slot of the answer record (not an event shape). */
+const SHAPE_ANSWER = SHAPES.length;
 const SHAPE_TYPES: readonly EventType[] = ['exec', 'exit', 'fork', 'open', 'connect', 'accept', 'dns', 'dns'];
 /** Each shape's `type` value as a msgpack fixstr, encoded once. */
 const SHAPE_TYPE_BYTES = SHAPE_TYPES.map((type) => Uint8Array.from([0xa0 | type.length, ...Buffer.from(type, 'latin1')]));
@@ -91,7 +104,7 @@ const containerIdBytes = new Map<string, Buffer>();
 export class BlockEncoder {
   private buf: Buffer;
   private pos = 0;
-  private readonly shapeIds = new Uint8Array(SHAPES.length);
+  private readonly shapeIds = new Uint8Array(SHAPES.length + 1);
   private nextRecordId = FIRST_RECORD_ID;
   private count = 0;
   private minTs = Infinity;
@@ -187,13 +200,7 @@ export class BlockEncoder {
     if (id !== 0) {
       this.buf[this.pos++] = id;
     } else {
-      if (this.nextRecordId > 0x7f) throw NOT_CONTRACT_SHAPE;
-      const newId = this.nextRecordId++;
-      this.shapeIds[shape] = newId;
-      this.buf[this.pos++] = 0xd4; // fixext1, type 0x72 "r": record definition
-      this.buf[this.pos++] = 0x72;
-      this.buf[this.pos++] = newId;
-      this.writeStrings(keys);
+      this.defineRecord(shape, keys);
     }
     const typeBytes = SHAPE_TYPE_BYTES[shape];
     for (let i = 0; i < typeBytes.length; i++) this.buf[this.pos++] = typeBytes[i];
@@ -216,6 +223,8 @@ export class BlockEncoder {
         this.writeBool(ev.argsTruncated);
         this.writeBool(ev.upperLayer);
         this.writeBool(ev.fileless);
+        this.writeStr(ev.script);
+        this.writeBool(ev.pathTruncated);
         break;
       case 'exit':
         this.writeNum(ev.exitCode);
@@ -230,6 +239,7 @@ export class BlockEncoder {
         this.writeStrings(ev.flagNames);
         this.writeNum(ev.mode);
         this.writeNum(ev.ret);
+        this.writeBool(ev.pathTruncated);
         break;
       case 'connect':
       case 'accept':
@@ -243,11 +253,46 @@ export class BlockEncoder {
         this.writeStr(ev.name);
         this.writeStr(ev.qtype);
         this.writeStr(ev.rcode);
-        this.writeStrings(ev.answers);
+        this.writeAnswers(ev.answers);
+        this.writeBool(ev.answersTruncated);
         if (shape === SHAPE_DNS_LATENCY) this.writeNum(ev.latencyNs);
         break;
     }
     return shape;
+  }
+
+  /** A record definition (`d4 72 <id>` + keys) for a shape's first use in the block. */
+  private defineRecord(shape: number, keys: readonly string[]): void {
+    if (this.nextRecordId > 0x7f) throw NOT_CONTRACT_SHAPE;
+    const newId = this.nextRecordId++;
+    this.shapeIds[shape] = newId;
+    this.ensure(3);
+    this.buf[this.pos++] = 0xd4; // fixext1, type 0x72 "r": record definition
+    this.buf[this.pos++] = 0x72;
+    this.buf[this.pos++] = newId;
+    this.writeStrings(keys);
+  }
+
+  /** DNS answers as records of ANSWER_KEYS (a nested record shape, defined once per block). */
+  private writeAnswers(a: unknown): void {
+    if (!Array.isArray(a)) throw NOT_CONTRACT_SHAPE;
+    this.writeArrayHeader(a.length);
+    for (let i = 0; i < a.length; i++) {
+      const answer: unknown = a[i];
+      if (answer === null || typeof answer !== 'object') throw NOT_CONTRACT_SHAPE;
+      let fields = 0;
+      for (const _ in answer) fields++;
+      if (fields !== ANSWER_KEYS.length) throw NOT_CONTRACT_SHAPE;
+      const id = this.shapeIds[SHAPE_ANSWER];
+      if (id !== 0) {
+        this.ensure(1);
+        this.buf[this.pos++] = id;
+      } else {
+        this.defineRecord(SHAPE_ANSWER, ANSWER_KEYS);
+      }
+      this.writeStr((answer as DnsAnswer).type);
+      this.writeStr((answer as DnsAnswer).data);
+    }
   }
 
   private ensure(extra: number): void {
@@ -433,6 +478,22 @@ const unpackr = new Unpackr({ useRecords: true, mapsAsObjects: true });
 export function decodeBlockPayload(payload: Buffer): AmberEvent[] {
   const events: unknown = unpackr.unpack(payload);
   if (!Array.isArray(events)) throw new Error('block payload is not an array');
+  for (const ev of events) {
+    if (ev !== null && typeof ev === 'object' && ev.type === 'dns') upgradeAnswers(ev as { answers?: unknown });
+  }
   return events as AmberEvent[];
+}
+
+/**
+ * Blocks written before answers had types hold strings: A/AAAA addresses and
+ * CNAME/NS/PTR names. Addresses get their type back from their form; a name's
+ * type was not stored, so it reads as type "".
+ */
+function upgradeAnswers(ev: { answers?: unknown }): void {
+  const answers = ev.answers;
+  if (!Array.isArray(answers) || answers.length === 0 || typeof answers[0] !== 'string') return;
+  ev.answers = answers.map((a): DnsAnswer | unknown =>
+    typeof a !== 'string' ? a : { type: isIPv4(a) ? 'A' : isIPv6(a) ? 'AAAA' : '', data: a },
+  );
 }
 

@@ -3,7 +3,7 @@
  * `amber trace` and `amber buffer query` alike.
  */
 import { constants as osConstants } from 'node:os';
-import type { AmberEvent } from '../sensor/events';
+import type { AmberEvent, DnsAnswer } from '../sensor/events';
 import { formatTs } from '../time';
 import { UsageError } from './usage';
 
@@ -34,10 +34,21 @@ export function formatColumns(ev: AmberEvent): string {
   return `${time.padEnd(12)}  ${container.padEnd(12)}  ${String(ev.pid).padStart(7)}  ${clean(String(ev.comm)).padEnd(16)}  ${String(ev.type).padEnd(7)}  ${text}`;
 }
 
+/** An address alone (the common answer), any other type with its name. */
+function answerText(a: DnsAnswer): string {
+  return a.type === 'A' || a.type === 'AAAA' || a.type === '' ? clean(a.data) : `${clean(a.type)} ${clean(a.data)}`;
+}
+
 function details(ev: AmberEvent): string {
   switch (ev.type) {
     case 'exec': {
-      const marks = [ev.upperLayer && '[upper-layer]', ev.fileless && '[fileless]', ev.argsTruncated && '[args truncated]'].filter(Boolean);
+      const marks = [
+        ev.script && `[script ${clean(ev.script)}]`,
+        ev.upperLayer && '[upper-layer]',
+        ev.fileless && '[fileless]',
+        ev.argsTruncated && '[args truncated]',
+        ev.pathTruncated && '[path truncated]',
+      ].filter(Boolean);
       const exe = ev.exePath || ev.filename;
       const as = ev.filename && ev.filename !== exe ? ` (as ${clean(ev.filename)})` : '';
       return [`${clean(exe)}${as}`, ev.args.map(quoteArg).join(' '), ...marks].filter(Boolean).join('  ');
@@ -47,7 +58,7 @@ function details(ev: AmberEvent): string {
     case 'fork':
       return `child ${ev.childPid}`;
     case 'open':
-      return `${clean(ev.path)}  ${ev.flagNames.join('|')}  ${ev.ret >= 0 ? `fd ${ev.ret}` : `${ev.ret}${name(ERRNOS, -ev.ret)}`}`;
+      return `${clean(ev.path)}${ev.pathTruncated ? ' [path truncated]' : ''}  ${ev.flagNames.join('|')}  ${ev.ret >= 0 ? `fd ${ev.ret}` : `${ev.ret}${name(ERRNOS, -ev.ret)}`}`;
     case 'connect':
     case 'accept': {
       const result = ev.ret < 0 ? `  ${ev.ret}${name(ERRNOS, -ev.ret)}` : '';
@@ -56,7 +67,7 @@ function details(ev: AmberEvent): string {
     case 'dns': {
       if (ev.qr === 'Q') return `Q ${clean(ev.qtype)} ${clean(ev.name)}`;
       const latency = ev.latencyNs !== undefined ? `  (${(ev.latencyNs / 1e6).toFixed(1)} ms)` : '';
-      return `R ${clean(ev.qtype)} ${clean(ev.name)} ${clean(ev.rcode)}${ev.answers.length ? ` ${ev.answers.map(clean).join(',')}` : ''}${latency}`;
+      return `R ${clean(ev.qtype)} ${clean(ev.name)} ${clean(ev.rcode)}${ev.answers.length ? ` ${ev.answers.map(answerText).join(',')}` : ''}${ev.answersTruncated ? ' [answers truncated]' : ''}${latency}`;
     }
     default:
       return '';

@@ -59,11 +59,15 @@ interface CgroupEntry {
   learnedAt: number;
   /** 0 while the cgroup exists. */
   removedAt: number;
+  /** The mount namespace learned from this container's events last (0: none); see learnMntns. */
+  mntns: number;
 }
 
 interface MntnsEntry {
   containerId: string;
   expiresAt: number;
+  /** Learned from the container's own events (see learnMntns), not from /proc. */
+  learned: boolean;
 }
 
 interface WalkResult {
@@ -172,7 +176,10 @@ export class ContainerResolver {
         this.lastCgroupId = cgroupId;
         this.lastEntry = entry;
       }
-      if (entry.containerId !== '') return entry.containerId;
+      if (entry.containerId !== '') {
+        if (mntns !== entry.mntns) this.learnMntns(entry, mntns);
+        return entry.containerId;
+      }
       return this.containerIdByMntns(pid, mntns);
     }
     // Unknown id: its mkdir came before we listened, or was lost. Answer
@@ -207,7 +214,7 @@ export class ContainerResolver {
   private newEntry(cgroupPath: string, now: number): CgroupEntry {
     const match = cgroupPath === '' ? null : matchCgroupPath(cgroupPath);
     if (match) this.rememberInfo(match);
-    return { path: cgroupPath, containerId: match ? match.containerId : '', learnedAt: now, removedAt: 0 };
+    return { path: cgroupPath, containerId: match ? match.containerId : '', learnedAt: now, removedAt: 0, mntns: 0 };
   }
 
   private rememberInfo(match: CgroupPathMatch): void {
@@ -245,6 +252,8 @@ export class ContainerResolver {
       // The id may have been learned again since (re-made, or re-removed later).
       if (entry !== undefined && entry.removedAt === removedAt) {
         this.entries.delete(id);
+        const byNs = entry.mntns === 0 ? undefined : this.byMntns.get(entry.mntns);
+        if (byNs !== undefined && byNs.learned && byNs.containerId === entry.containerId) this.byMntns.delete(entry.mntns);
         if (id === this.lastCgroupId) this.forgetLastHit();
         const info = entry.containerId === '' ? undefined : this.infos.get(entry.containerId);
         if (info !== undefined && info.cgroupPath === entry.path) this.infos.delete(entry.containerId);
@@ -254,6 +263,21 @@ export class ContainerResolver {
       this.removals.splice(0, this.removalsHead);
       this.removalsHead = 0;
     }
+  }
+
+  /**
+   * A container's event names its mount namespace: processes that enter that
+   * namespace before they join the container's cgroup (runc's setup for
+   * `podman exec`/`kubectl exec`: its fork, open and exit) are named by it
+   * until the container's cgroup is gone. Never the host's namespace (a
+   * container sharing it names nothing), and not at all when the host's is
+   * unknown.
+   */
+  private learnMntns(entry: CgroupEntry, mntns: number): void {
+    if (mntns === 0 || this.hostMntns === 0 || mntns === this.hostMntns) return;
+    entry.mntns = mntns;
+    setRecent(this.byMntns, mntns, { containerId: entry.containerId, expiresAt: Infinity, learned: true });
+    this.evictOldest(this.byMntns);
   }
 
   /**
@@ -274,7 +298,7 @@ export class ContainerResolver {
     } catch {
       // The process is gone: keep what we knew, ask again later.
       const containerId = cached?.containerId ?? '';
-      setRecent(this.byMntns, mntns, { containerId, expiresAt: now + MNTNS_NEGATIVE_TTL_MS });
+      setRecent(this.byMntns, mntns, { containerId, expiresAt: now + MNTNS_NEGATIVE_TTL_MS, learned: false });
       this.evictOldest(this.byMntns);
       return containerId;
     }
@@ -282,7 +306,7 @@ export class ContainerResolver {
     if (match) this.rememberInfo(match);
     const containerId = match ? match.containerId : '';
     const ttl = match ? MNTNS_POSITIVE_TTL_MS : MNTNS_NEGATIVE_TTL_MS;
-    setRecent(this.byMntns, mntns, { containerId, expiresAt: now + ttl });
+    setRecent(this.byMntns, mntns, { containerId, expiresAt: now + ttl, learned: false });
     this.evictOldest(this.byMntns);
     return containerId;
   }

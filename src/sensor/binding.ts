@@ -37,6 +37,8 @@ export interface NativeSensor {
 export interface NativeBinding {
   Sensor: new (options: NativeSensorOptions, onBatch: (batch: Buffer) => void) => NativeSensor;
   layout(): Record<string, number>;
+  /** Event kinds, header flag bits and syscall family bits by their C names (bpf/events.h). */
+  wireConstants(): { kinds: Record<string, number>; flags: Record<string, number>; families: Record<string, number> };
   bootToEpochNs(): number;
 }
 

@@ -4,7 +4,7 @@
  * responses. The bytes come from any process of the node, so every read is
  * bounds-checked and nothing here throws on hostile input.
  */
-import type { DnsEvent } from './events';
+import type { DnsAnswer, DnsEvent } from './events';
 import { ipv4ToString, ipv6ToString } from './ip';
 
 export interface DnsMessage {
@@ -15,8 +15,10 @@ export interface DnsMessage {
   qtype: string;
   /** "" for queries. */
   rcode: string;
-  /** Responses only: A/AAAA as addresses, CNAME/PTR/NS as names, in answer-section order. */
-  answers: string[];
+  /** Responses only, in answer-section order (see DnsAnswer for each type's data). */
+  answers: DnsAnswer[];
+  /** The message ended (cut at the capture limit, or malformed) before its last answer. */
+  answersTruncated: boolean;
 }
 
 const HEADER_LEN = 12;
@@ -29,7 +31,10 @@ const TYPE_A = 1;
 const TYPE_NS = 2;
 const TYPE_CNAME = 5;
 const TYPE_PTR = 12;
+const TYPE_MX = 15;
+const TYPE_TXT = 16;
 const TYPE_AAAA = 28;
+const TYPE_SRV = 33;
 const TYPE_OPT = 41;
 
 const TYPE_NAMES: ReadonlyMap<number, string> = new Map([
@@ -96,10 +101,11 @@ export function parseDnsMessage(buf: Uint8Array, tcp: boolean): DnsMessage | nul
   if (pos + 2 > end) return null;
   const qtype = dnsTypeName(u16(buf, pos));
 
-  if (!isResponse) return { id, qr: 'Q', name, qtype, rcode: '', answers: [] };
+  if (!isResponse) return { id, qr: 'Q', name, qtype, rcode: '', answers: [], answersTruncated: false };
 
   let rcode = flags & 0xf;
-  const answers: string[] = [];
+  const answers: DnsAnswer[] = [];
+  let answersRead = 0;
   pos += 4; // QTYPE, QCLASS
   for (let i = 1; i < qdcount && pos >= 0; i++) {
     pos = skipName(buf, pos, end);
@@ -119,14 +125,9 @@ export function parseDnsMessage(buf: Uint8Array, tcp: boolean): DnsMessage | nul
       pos = -1; // cut inside this record: nothing after it is readable
       break;
     }
-    if (type === TYPE_A) {
-      if (rdataEnd - rdata === 4) answers.push(ipv4ToString(buf, rdata));
-    } else if (type === TYPE_AAAA) {
-      if (rdataEnd - rdata === 16) answers.push(ipv6ToString(buf, rdata));
-    } else if (type === TYPE_CNAME || type === TYPE_PTR || type === TYPE_NS) {
-      const target = readName(buf, start, rdata, end);
-      if (target !== null && nameEnd <= rdataEnd) answers.push(target);
-    }
+    const data = rdataText(buf, start, type, rdata, rdataEnd, end);
+    if (data !== null) answers.push({ type: dnsTypeName(type), data });
+    answersRead++;
     pos = rdataEnd;
   }
 
@@ -143,7 +144,67 @@ export function parseDnsMessage(buf: Uint8Array, tcp: boolean): DnsMessage | nul
     }
   }
 
-  return { id, qr: 'R', name, qtype, rcode: dnsRcodeName(rcode), answers };
+  return { id, qr: 'R', name, qtype, rcode: dnsRcodeName(rcode), answers, answersTruncated: answersRead < ancount };
+}
+
+/**
+ * An answer's data in presentation form (see DnsAnswer), or null when the
+ * record is malformed (e.g. an A record of 3 bytes, a name running past its rdata).
+ */
+function rdataText(buf: Uint8Array, start: number, type: number, rdata: number, rdataEnd: number, end: number): string | null {
+  const len = rdataEnd - rdata;
+  switch (type) {
+    case TYPE_A:
+      return len === 4 ? ipv4ToString(buf, rdata) : null;
+    case TYPE_AAAA:
+      return len === 16 ? ipv6ToString(buf, rdata) : null;
+    case TYPE_CNAME:
+    case TYPE_PTR:
+    case TYPE_NS: {
+      const target = readName(buf, start, rdata, end);
+      return target !== null && nameEnd <= rdataEnd ? target : null;
+    }
+    case TYPE_MX: {
+      if (len < 3) return null;
+      const target = readName(buf, start, rdata + 2, end);
+      return target !== null && nameEnd <= rdataEnd ? `${u16(buf, rdata)} ${target}` : null;
+    }
+    case TYPE_SRV: {
+      if (len < 7) return null;
+      const target = readName(buf, start, rdata + 6, end);
+      return target !== null && nameEnd <= rdataEnd
+        ? `${u16(buf, rdata)} ${u16(buf, rdata + 2)} ${u16(buf, rdata + 4)} ${target}`
+        : null;
+    }
+    case TYPE_TXT: {
+      let out = '';
+      let p = rdata;
+      while (p < rdataEnd) {
+        const n = buf[p];
+        if (p + 1 + n > rdataEnd) return null;
+        out += (out === '' ? '"' : ' "') + quoted(buf, p + 1, p + 1 + n) + '"';
+        p += 1 + n;
+      }
+      return out;
+    }
+    default: {
+      // RFC 3597: the unknown type's bytes, so nothing of the answer is lost
+      let hex = '';
+      for (let i = rdata; i < rdataEnd; i++) hex += (buf[i] < 16 ? '0' : '') + buf[i].toString(16);
+      return len === 0 ? '\\# 0' : `\\# ${len} ${hex}`;
+    }
+  }
+}
+
+/** A character-string's bytes inside double quotes (RFC 1035 5.1): " and \ escaped, non-printable bytes as \DDD. */
+function quoted(buf: Uint8Array, from: number, to: number): string {
+  let out = '';
+  for (let i = from; i < to; i++) {
+    const c = buf[i];
+    if (c >= 0x20 && c < 0x7f) out += c === 0x22 || c === 0x5c ? '\\' + String.fromCharCode(c) : String.fromCharCode(c);
+    else out += c < 10 ? '\\00' + c : c < 100 ? '\\0' + c : '\\' + c;
+  }
+  return out;
 }
 
 function u16(buf: Uint8Array, off: number): number {
@@ -295,6 +356,7 @@ export class DnsTracker {
         qtype: q.qtype,
         rcode: 'TIMEOUT',
         answers: [],
+        answersTruncated: false,
         latencyNs: this.timeoutNs,
       });
     }

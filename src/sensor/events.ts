@@ -4,6 +4,14 @@
  * and the API. Decoded from the kernel's records in records.ts.
  */
 
+/**
+ * The order is part of the on-disk format: each buffer block's frame header
+ * stores its events per type as an array in this order (`typeCounts`, counted
+ * by src/buffer/block-codec.ts, written and read by src/buffer/frame.ts, used
+ * to skip blocks in queries by type and summed by `buffer stats`). Append new
+ * types at the end; never reorder or remove one, or stored counts are read
+ * under the wrong types.
+ */
 export const EVENT_TYPES = ['exec', 'exit', 'fork', 'open', 'connect', 'accept', 'dns'] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 
@@ -26,18 +34,45 @@ export interface CommonFields {
   netns: number;
 }
 
+/*
+ * Invalid UTF-8: paths and arguments are bytes in the kernel. When a field's
+ * bytes are not valid UTF-8, its text has U+FFFD in their place and the bytes
+ * themselves are kept beside it, base64, in `<field>Raw`; the field is absent
+ * otherwise.
+ */
+
 export interface ExecEvent extends CommonFields {
   type: 'exec';
-  /** The path as passed to execve. */
+  /**
+   * The path as the kernel's exec got it (bprm->filename): as passed to execve,
+   * "/dev/fd/<fd>/<path>" for execveat with a relative path, "/dev/fd/<fd>" for fexecve.
+   */
   filename: string;
-  /** Absolute path of the executed file in the process's (container's) view, from the kernel's dentries. */
+  /**
+   * The executed file as /proc/<pid>/exe shows it, in the process's (container's)
+   * view: "/memfd:<name> (deleted)" for a memfd, "<path> (deleted)" for an unlinked
+   * file. For a script, the interpreter's file.
+   */
   exePath: string;
+  /** The kernel's final argv: for a script, the interpreter's ([interpreter, optional arg, script as passed, args...]). */
   args: string[];
   argsTruncated: boolean;
   /** The executable is on the overlayfs upper layer: written after the container started. */
   upperLayer: boolean;
   /** memfd or deleted file. */
   fileless: boolean;
+  /**
+   * The script an interpreter runs (shebang, binfmt_misc): the filename made absolute
+   * against the caller's cwd ("." and ".." resolved as text); "" when no interpreter.
+   */
+  script: string;
+  /** filename, exePath or the cwd behind script was cut (AMBER_PATH_MAX, or deeper than the kernel walks). */
+  pathTruncated: boolean;
+  filenameRaw?: string;
+  exePathRaw?: string;
+  /** The whole argv as captured, NUL-separated. */
+  argsRaw?: string;
+  scriptRaw?: string;
 }
 
 export interface ExitEvent extends CommonFields {
@@ -61,6 +96,9 @@ export interface OpenEvent extends CommonFields {
   mode: number;
   /** fd, or -errno. */
   ret: number;
+  /** path was cut at AMBER_PATH_MAX (1024 bytes; the rest is lost). */
+  pathTruncated: boolean;
+  pathRaw?: string;
 }
 
 export type Proto = 'tcp' | 'udp';
@@ -94,10 +132,24 @@ export interface DnsEvent extends CommonFields, SockFields {
   qtype: string;
   /** NOERROR, NXDOMAIN, ... ; TIMEOUT when no response came in time; "" on queries. */
   rcode: string;
-  /** Addresses (A/AAAA) and names (CNAME) of the answer section. */
-  answers: string[];
+  /** The answer section, in order. */
+  answers: DnsAnswer[];
+  /** The message was cut (at the capture limit) before its last answer: answers is not the whole list. */
+  answersTruncated: boolean;
   /** On responses paired with their query: response ts - query ts. */
   latencyNs?: number;
+}
+
+/**
+ * One answer record. data in presentation (zone file) form: A/AAAA an address;
+ * CNAME, NS, PTR a name; MX "<preference> <name>"; SRV "<priority> <weight>
+ * <port> <target>"; TXT each string quoted ("\"a\" \"b\""), with " and \ escaped
+ * and bytes outside printable ASCII as \DDD; any other type the RFC 3597
+ * form "\# <length> <hex>".
+ */
+export interface DnsAnswer {
+  type: string;
+  data: string;
 }
 
 export type AmberEvent =

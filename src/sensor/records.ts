@@ -1,9 +1,12 @@
 /**
- * Wire records (bpf/events.h) → events (events.ts). The offsets below mirror
- * the C layout; test/e2e/layout.test.ts checks them against what the compiler
- * laid out (the addon's layout()), so they cannot drift silently.
+ * Wire records (bpf/events.h) → events (events.ts). The offsets, kinds and
+ * flag bits below mirror the C header; test/unit/layout.test.ts checks them
+ * against what the compiler laid out (the addon's layout() and
+ * wireConstants()), so they cannot drift silently.
  */
-import type { AmberEvent, CommonFields, DnsEvent, Proto } from './events';
+import { isUtf8 } from 'node:buffer';
+import * as path from 'node:path';
+import type { AmberEvent, CommonFields, DnsEvent, ExecEvent, OpenEvent, Proto } from './events';
 import { openFlagNames } from './flags';
 import { ipv4ToString, ipv6ToString } from './ip';
 
@@ -44,6 +47,7 @@ export const Layout = {
   'amber_exec.filename_len': 64,
   'amber_exec.exe_path_len': 66,
   'amber_exec.args_len': 68,
+  'amber_exec.cwd_len': 70,
   'amber_exit': 72,
   'amber_exit.exit_code': 64,
   'amber_exit.signal': 68,
@@ -89,6 +93,13 @@ export const RecordFlag = {
   pathResolved: 1 << 4,
   ingress: 1 << 5,
   cgroupRmdir: 1 << 6,
+  script: 1 << 7,
+} as const;
+
+/** AMBER_FAMILY_* in events.h: the syscall families the sys_exit dispatcher hands on. */
+export const SyscallFamily = {
+  file: 1 << 0,
+  net: 1 << 1,
 } as const;
 
 const L = Layout;
@@ -105,6 +116,11 @@ export interface DecodeContext {
   dns(common: CommonFields & SockAddrs, payload: Uint8Array, tcp: boolean, ingress: boolean): DnsEvent | null;
   /** Records of kinds this version does not know. */
   onUnknown(kind: number): void;
+  /**
+   * A record whose size cannot frame it (shorter than a header, or past the
+   * batch's end): it and the `bytes` after it in the batch are lost, counted here.
+   */
+  onUnframed(bytes: number): void;
 }
 
 export interface SockAddrs {
@@ -130,22 +146,41 @@ function addr(buf: Buffer, off: number, family: number): string {
 /**
  * Decodes every record of a batch (records back to back, each starting with
  * its header) and appends the events to `out`. Returns the number of records.
- * A record whose size is impossible ends the batch: the rest cannot be framed.
+ * A record whose size is impossible ends the batch: the rest cannot be framed,
+ * and its bytes are reported to ctx.onUnframed, never dropped silently.
  */
 export function decodeBatch(buf: Buffer, ctx: DecodeContext, out: AmberEvent[]): number {
   let off = 0;
   let records = 0;
   const end = buf.length;
-  while (off + L.amber_header <= end) {
-    const kind = buf[off];
-    const size = buf.readUInt16LE(off + L['amber_header.size']);
-    if (size < L.amber_header || off + size > end) break;
+  while (off < end) {
+    const size = off + L.amber_header <= end ? buf.readUInt16LE(off + L['amber_header.size']) : 0;
+    if (size < L.amber_header || off + size > end) {
+      ctx.onUnframed(end - off);
+      break;
+    }
     records++;
-    const ev = decodeRecord(buf, off, kind, size, ctx);
+    const ev = decodeRecord(buf, off, buf[off], size, ctx);
     if (ev) out.push(ev);
     off += size;
   }
   return records;
+}
+
+/**
+ * A path or argument as text. Bytes that are not UTF-8 (file names are any
+ * bytes) decode with U+FFFD in their place; the caller then keeps the bytes
+ * themselves in a `…Raw` field (base64). The check is a scan for U+FFFD first:
+ * nearly every string passes it without looking at the bytes again.
+ */
+function text(buf: Buffer, start: number, end: number): string {
+  return buf.toString('utf8', start, end);
+}
+
+function rawIfNotUtf8(s: string, buf: Buffer, start: number, end: number): string | undefined {
+  if (s.indexOf('\uFFFD') < 0) return undefined;
+  const bytes = buf.subarray(start, end);
+  return isUtf8(bytes) ? undefined : bytes.toString('base64');
 }
 
 /*
@@ -185,20 +220,48 @@ function decodeRecord(buf: Buffer, off: number, kind: number, size: number, ctx:
       const filenameLen = buf.readUInt16LE(off + L['amber_exec.filename_len']);
       const exePathLen = buf.readUInt16LE(off + L['amber_exec.exe_path_len']);
       const argsLen = buf.readUInt16LE(off + L['amber_exec.args_len']);
-      let p = off + L.amber_exec;
-      const filename = buf.toString('utf8', p, Math.min(p + filenameLen, limit));
-      p += filenameLen;
-      const exePath = buf.toString('utf8', p, Math.min(p + exePathLen, limit));
-      p += exePathLen;
-      return {
+      const cwdLen = buf.readUInt16LE(off + L['amber_exec.cwd_len']);
+      const filenameAt = off + L.amber_exec;
+      const filenameEnd = Math.min(filenameAt + filenameLen, limit);
+      const exePathAt = filenameAt + filenameLen;
+      const exePathEnd = Math.min(exePathAt + exePathLen, limit);
+      const argsAt = exePathAt + exePathLen;
+      const argsEnd = Math.min(argsAt + argsLen, limit);
+      const cwdAt = argsAt + argsLen;
+      const cwdEnd = Math.min(cwdAt + cwdLen, limit);
+      const filename = text(buf, filenameAt, filenameEnd);
+      const exePath = text(buf, exePathAt, exePathEnd);
+      const args = splitArgs(buf, argsAt, argsEnd);
+      const isScript = (flags & RecordFlag.script) !== 0;
+      const ev: ExecEvent = {
         type: 'exec', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns,
         filename,
         exePath,
-        args: splitArgs(buf, p, Math.min(p + argsLen, limit)),
+        args,
         argsTruncated: (flags & RecordFlag.argsTruncated) !== 0,
         upperLayer: (flags & RecordFlag.upperLayer) !== 0,
         fileless: (flags & RecordFlag.fileless) !== 0,
+        script: isScript ? scriptPath(text(buf, cwdAt, cwdEnd), filename) : '',
+        pathTruncated: (flags & RecordFlag.pathTruncated) !== 0,
       };
+      const filenameRaw = rawIfNotUtf8(filename, buf, filenameAt, filenameEnd);
+      if (filenameRaw !== undefined) ev.filenameRaw = filenameRaw;
+      const exePathRaw = rawIfNotUtf8(exePath, buf, exePathAt, exePathEnd);
+      if (exePathRaw !== undefined) ev.exePathRaw = exePathRaw;
+      for (const arg of args) {
+        if (arg.indexOf('\uFFFD') >= 0) {
+          const argsRaw = rawIfNotUtf8(arg, buf, argsAt, argsEnd);
+          if (argsRaw !== undefined) ev.argsRaw = argsRaw;
+          break;
+        }
+      }
+      if (isScript && (filenameRaw !== undefined || ev.script.indexOf('\uFFFD') >= 0)) {
+        // the same join on the bytes (latin1 maps each byte to one char and back)
+        const raw = scriptPath(buf.toString('latin1', cwdAt, cwdEnd), buf.toString('latin1', filenameAt, filenameEnd));
+        const bytes = Buffer.from(raw, 'latin1');
+        if (!isUtf8(bytes)) ev.scriptRaw = bytes.toString('base64');
+      }
+      return ev;
     }
     case Kind.exit:
       return {
@@ -215,14 +278,19 @@ function decodeRecord(buf: Buffer, off: number, kind: number, size: number, ctx:
       const openFlags = buf.readUInt32LE(off + L['amber_open.flags']);
       const pathLen = buf.readUInt16LE(off + L['amber_open.path_len']);
       const p = off + L.amber_open;
-      return {
+      const pathEnd = Math.min(p + pathLen, limit);
+      const ev: OpenEvent = {
         type: 'open', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns,
-        path: buf.toString('utf8', p, Math.min(p + pathLen, limit)),
+        path: text(buf, p, pathEnd),
         flags: openFlags,
         flagNames: openFlagNames(openFlags),
         mode: buf.readUInt32LE(off + L['amber_open.mode']),
         ret: buf.readInt32LE(off + L['amber_open.ret']),
+        pathTruncated: (flags & RecordFlag.pathTruncated) !== 0,
       };
+      const pathRaw = rawIfNotUtf8(ev.path, buf, p, pathEnd);
+      if (pathRaw !== undefined) ev.pathRaw = pathRaw;
+      return ev;
     }
     case Kind.connect:
     case Kind.accept: {
@@ -274,6 +342,17 @@ function commString(buf: Buffer, start: number): string {
     commCache.set(key, comm);
   }
   return comm;
+}
+
+/**
+ * The script an interpreter was started for, absolute in the process's view:
+ * the filename the caller passed, joined to the caller's cwd when relative
+ * (the kernel sends the cwd only then), "." and ".." resolved lexically.
+ */
+function scriptPath(cwd: string, filename: string): string {
+  if (filename.startsWith('/')) return filename;
+  if (cwd === '') return filename; // the cwd did not fit: pathTruncated is set
+  return path.posix.resolve(cwd, filename);
 }
 
 /** argv as the kernel keeps it: NUL-separated, the last one NUL-terminated unless cut. */

@@ -8,7 +8,7 @@ import { loadBinding, type NativeSensor } from './binding';
 import { DnsTracker, parseDnsMessage } from './dns';
 import { EVENT_TYPES, type AmberEvent, type DnsEvent, type EventType } from './events';
 import { preflight } from './preflight';
-import { decodeBatch, KIND_NAMES, type DecodeContext } from './records';
+import { decodeBatch, KIND_NAMES, SyscallFamily, type DecodeContext } from './records';
 
 export interface SensorOptions {
   /** Event types to record; default all. */
@@ -42,6 +42,9 @@ export interface SensorStats {
   /** Times the reader waited for JavaScript to take a batch. */
   stalls: number;
   unknownKinds: number;
+  /** Records whose size could not frame them; each loses the rest of its batch (unframedBytes). */
+  unframedRecords: number;
+  unframedBytes: number;
   dnsPending: number;
 }
 
@@ -57,8 +60,12 @@ const PROGRAMS: Record<EventType, string[]> = {
   accept: ['amber_sys_exit'],
   dns: ['amber_dns_egress', 'amber_dns_ingress'],
 };
-/** AMBER_FAMILY_* (bpf/amber.bpf.h): the families the sys_exit dispatcher serves. */
-const SYSCALL_FAMILY: Partial<Record<EventType, number>> = { open: 1, connect: 2, accept: 2 };
+/** The syscall families the sys_exit dispatcher serves for each type. */
+const SYSCALL_FAMILY: Partial<Record<EventType, number>> = {
+  open: SyscallFamily.file,
+  connect: SyscallFamily.net,
+  accept: SyscallFamily.net,
+};
 /** Always loaded: they name the containers. */
 const CGROUP_PROGRAMS = ['amber_cgroup_mkdir', 'amber_cgroup_rmdir'];
 
@@ -84,6 +91,8 @@ export const DEFAULT_SENSOR = {
 export class Sensor {
   private readonly received = perType();
   private unknownKinds = 0;
+  private unframedRecords = 0;
+  private unframedBytes = 0;
   private expiryTimer?: NodeJS.Timeout;
   private stopping?: Promise<SensorStats>;
 
@@ -122,6 +131,7 @@ export class Sensor {
           comm: common.comm, cgroupId: common.cgroupId, containerId: common.containerId, mntns: common.mntns, netns: common.netns,
           proto: common.proto, family: common.family, saddr: common.saddr, sport: common.sport, daddr: common.daddr, dport: common.dport,
           qr: msg.qr, id: msg.id, name: msg.name, qtype: msg.qtype, rcode: msg.rcode, answers: msg.answers,
+          answersTruncated: msg.answersTruncated,
         };
         if (msg.qr === 'Q' && !ingress) dns.onQuery(ev);
         else if (msg.qr === 'R' && ingress) dns.onResponse(ev);
@@ -129,6 +139,11 @@ export class Sensor {
       },
       onUnknown: () => {
         if (sensor) sensor.unknownKinds++;
+      },
+      onUnframed: (bytes) => {
+        if (!sensor) return;
+        sensor.unframedRecords++;
+        sensor.unframedBytes += bytes;
       },
     };
     const native = new binding.Sensor(
@@ -193,6 +208,8 @@ export class Sensor {
       batches: reader.batches,
       stalls: reader.stalls,
       unknownKinds: this.unknownKinds,
+      unframedRecords: this.unframedRecords,
+      unframedBytes: this.unframedBytes,
       dnsPending: this.dns.pending(),
     };
   }

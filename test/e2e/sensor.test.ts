@@ -172,7 +172,7 @@ describe('sensor on the real kernel', () => {
     const [q] = await log.waitFor('dns', (e) => e.name === DNS_NAME && e.qr === 'Q' && e.pid === process.pid);
     expect(q).toMatchObject({ qtype: 'A', rcode: '', answers: [], proto: 'udp', family: 4, saddr: '127.0.0.1', daddr: '127.0.0.1', dport: 53, containerId: '' });
     const [r] = await log.waitFor('dns', (e) => e.qr === 'R' && e.id === q.id && e.dport === q.sport);
-    expect(r).toMatchObject({ name: DNS_NAME, qtype: 'A', rcode: 'NOERROR', answers: ['10.1.2.3'], saddr: '127.0.0.1', sport: 53, daddr: '127.0.0.1', containerId: '' });
+    expect(r).toMatchObject({ name: DNS_NAME, qtype: 'A', rcode: 'NOERROR', answers: [{ type: 'A', data: '10.1.2.3' }], answersTruncated: false, saddr: '127.0.0.1', sport: 53, daddr: '127.0.0.1', containerId: '' });
     expect(r.latencyNs).toBe(r.ts - q.ts);
     expect(r.latencyNs).toBeGreaterThan(0);
   });
@@ -182,7 +182,7 @@ describe('sensor on the real kernel', () => {
     await early.exec('nslookup', '-type=a', DNS_NAME, '127.0.0.1');
     const [q] = await log.waitFor('dns', (e) => e.containerId === early.id && e.qr === 'Q' && e.name === DNS_NAME && e.qtype === 'A');
     const [r] = await log.waitFor('dns', (e) => e.containerId === early.id && e.qr === 'R' && e.id === q.id);
-    expect(r).toMatchObject({ rcode: 'NOERROR', answers: ['10.1.2.3'], latencyNs: r.ts - q.ts, netns: q.netns });
+    expect(r).toMatchObject({ rcode: 'NOERROR', answers: [{ type: 'A', data: '10.1.2.3' }], latencyNs: r.ts - q.ts, netns: q.netns });
     expect(q.netns).toBe(fs.statSync(`/proc/${early.pid}/ns/net`).ino);
   });
 
@@ -207,7 +207,7 @@ describe('sensor on the real kernel', () => {
     const [q] = await log.waitFor('dns', (e) => e.proto === 'tcp' && e.qr === 'Q' && e.id === id);
     expect(q).toMatchObject({ name: DNS_NAME, qtype: 'AAAA', dport: 53, pid: process.pid });
     const [r] = await log.waitFor('dns', (e) => e.proto === 'tcp' && e.qr === 'R' && e.id === id);
-    expect(r).toMatchObject({ name: DNS_NAME, qtype: 'AAAA', rcode: 'NOERROR', answers: ['2001:db8::5'], sport: 53, dport: q.sport, latencyNs: r.ts - q.ts });
+    expect(r).toMatchObject({ name: DNS_NAME, qtype: 'AAAA', rcode: 'NOERROR', answers: [{ type: 'AAAA', data: '2001:db8::5' }], sport: 53, dport: q.sport, latencyNs: r.ts - q.ts });
   });
 
   it('reports an unanswered query as TIMEOUT after the documented time', async () => {

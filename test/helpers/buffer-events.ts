@@ -48,6 +48,8 @@ export function execEvent(ts: number, over: Partial<ExecEvent> = {}): ExecEvent 
     argsTruncated: false,
     upperLayer: false,
     fileless: false,
+    script: '',
+    pathTruncated: false,
     ...over,
   };
 }
@@ -69,6 +71,7 @@ export function openEvent(ts: number, over: Partial<OpenEvent> = {}): OpenEvent 
     flagNames: ['O_RDONLY'],
     mode: 0,
     ret: 3,
+    pathTruncated: false,
     ...over,
   };
 }
@@ -118,7 +121,8 @@ export function dnsEvent(ts: number, over: Partial<DnsEvent> = {}): DnsEvent {
     name: 'example.com',
     qtype: 'A',
     rcode: 'NOERROR',
-    answers: ['93.184.216.34'],
+    answers: [{ type: 'A', data: '93.184.216.34' }],
+    answersTruncated: false,
     latencyNs: 1_250_000,
     ...over,
   };

@@ -6,13 +6,14 @@
  *   nsenter --net=/proc/<pid>/ns/net node test/helpers/dns-responder-cli.cjs \
  *     --host 127.0.0.1 --port 53 --records '{"a.example":{"A":["10.1.2.3"]}}' --silent b.example
  * prints "ready <port>" once listening and exits on SIGTERM.
- * Records: { name: { A?: string[], AAAA?: string[], CNAME?: string[] } }.
+ * Records: { name: { A?: string[], AAAA?: string[], CNAME?: string[], TXT?: string[] } };
+ * a TXT value is sent as character-strings of at most 255 bytes each.
  * Unknown names get NXDOMAIN; names in `silent` are never answered.
  */
 const dgram = require('node:dgram');
 const net = require('node:net');
 
-const TYPES = { A: 1, CNAME: 5, AAAA: 28 };
+const TYPES = { A: 1, CNAME: 5, TXT: 16, AAAA: 28 };
 const CLASS_IN = 1;
 const TTL = 60;
 const RCODE_NOERROR = 0;
@@ -57,6 +58,15 @@ function nameBytes(name) {
 function rdataOf(type, value) {
   if (type === TYPES.A) return Buffer.from(value.split('.').map(Number));
   if (type === TYPES.AAAA) return ipv6Bytes(value);
+  if (type === TYPES.TXT) {
+    const bytes = Buffer.from(value, 'latin1');
+    const strings = [];
+    for (let i = 0; i < bytes.length || i === 0; i += 255) {
+      const chunk = bytes.subarray(i, i + 255);
+      strings.push(Buffer.from([chunk.length]), chunk);
+    }
+    return Buffer.concat(strings);
+  }
   return nameBytes(value);
 }
 

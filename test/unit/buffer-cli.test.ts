@@ -28,7 +28,7 @@ const events: AmberEvent[] = [
   connectEvent(T0 + 3 * MS, { pid: 11, comm: 'curl', containerId: CONTAINER_B, ret: -111 }),
   acceptEvent(T0 + 4 * MS, { pid: 12, comm: 'nginx' }),
   dnsEvent(T0 + 5 * MS, { pid: 11, comm: 'curl', qr: 'Q', rcode: '', answers: [], latencyNs: undefined, name: 'evil.example' }),
-  dnsEvent(T0 + 6 * MS, { pid: 11, comm: 'curl', name: 'evil.example', answers: ['203.0.113.7', '203.0.113.8'] }),
+  dnsEvent(T0 + 6 * MS, { pid: 11, comm: 'curl', name: 'evil.example', answers: [{ type: 'A', data: '203.0.113.7' }, { type: 'A', data: '203.0.113.8' }] }),
   forkEvent(T0 + 7 * MS, { pid: 30, comm: 'cron', containerId: '' }),
   exitEvent(T0 + 8 * MS, { pid: 31, comm: 'evil\x1b[2Jname', containerId: '', signal: 9, exitCode: 0 }),
 ].map((e) => JSON.parse(JSON.stringify(e)) as AmberEvent); // as stored: no undefined fields
@@ -66,7 +66,7 @@ describe('amber buffer query', () => {
     expect(r.out.split('\n')[0]).toBe(
       `{"type":"exec","ts":${T0 + MS},"pid":10,"tid":100,"ppid":1,"uid":0,"gid":0,"comm":"bash","cgroupId":4242,` +
         `"containerId":"${CONTAINER_A}","mntns":4026531840,"netns":4026531992,"filename":"curl","exePath":"/usr/bin/curl",` +
-        '"args":["curl","-d","a b",""],"argsTruncated":false,"upperLayer":true,"fileless":false}',
+        '"args":["curl","-d","a b",""],"argsTruncated":false,"upperLayer":true,"fileless":false,"script":"","pathTruncated":false}',
     );
   });
 

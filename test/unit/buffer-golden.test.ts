@@ -1,6 +1,10 @@
 /**
  * A data dir written by the buffer of commit 2864c44 (the first on-disk format),
  * kept as a fixture: a change that cannot read yesterday's buffer fails here.
+ * The segment files are never changed. events.json was changed once, to the
+ * exactly derivable upgraded form of what v1 stored: DNS answers were strings
+ * (A/AAAA addresses, CNAME/NS/PTR names) and read back as { type, data }, the
+ * type from the address form, "" for a name (v1 did not store which type).
  */
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';

@@ -71,8 +71,8 @@ describe('test DNS responder', () => {
     }
     sock.destroy();
     expect(messages.map((m) => parseDnsMessage(m, true))).toEqual([
-      { id: 0x0a0a, qr: 'R', name: 'amber-test.example', qtype: 'AAAA', rcode: 'NOERROR', answers: ['2001:db8::5'] },
-      { id: 0x0b0b, qr: 'R', name: 'nope.example', qtype: 'A', rcode: 'NXDOMAIN', answers: [] },
+      { id: 0x0a0a, qr: 'R', name: 'amber-test.example', qtype: 'AAAA', rcode: 'NOERROR', answers: [{ type: 'AAAA', data: '2001:db8::5' }], answersTruncated: false },
+      { id: 0x0b0b, qr: 'R', name: 'nope.example', qtype: 'A', rcode: 'NXDOMAIN', answers: [], answersTruncated: false },
     ]);
   });
 

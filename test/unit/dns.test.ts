@@ -5,7 +5,7 @@ import type { DnsEvent } from '../../src/sensor/events';
 
 // ---- a small DNS wire encoder (RFC 1035) ----
 
-const T = { A: 1, NS: 2, CNAME: 5, SOA: 6, PTR: 12, MX: 15, AAAA: 28, OPT: 41, HTTPS: 65, ANY: 255 };
+const T = { A: 1, NS: 2, CNAME: 5, SOA: 6, PTR: 12, MX: 15, TXT: 16, AAAA: 28, SRV: 33, OPT: 41, HTTPS: 65, ANY: 255 };
 
 /** A name as labels, or raw bytes when the test wants pointers or malformed names. */
 type WireName = string | number[];
@@ -20,6 +20,7 @@ function name(n: WireName): number[] {
 
 const ptr = (offset: number): number[] => [0xc0 | (offset >> 8), offset & 0xff];
 const u16 = (v: number): number[] => [v >> 8, v & 0xff];
+const u16At = (b: Uint8Array, off: number): number => (off + 2 <= b.length ? (b[off] << 8) | b[off + 1] : 0);
 const u32 = (v: number): number[] => [v >>> 24, (v >> 16) & 0xff, (v >> 8) & 0xff, v & 0xff];
 const ipv4 = (s: string): number[] => s.split('.').map(Number);
 
@@ -98,12 +99,20 @@ const realResponse = encode({
   ],
   additional: [{ name: [0], type: T.OPT, cls: 1232, ttl: 0, rdata: [] }],
 });
-const REAL_ANSWERS = ['edge.cdn.example', '10.1.2.3', '2001:db8::1', '192.0.2.200'];
+const ans = (type: string, data: string) => ({ type, data });
+const A = (data: string) => ans('A', data);
+const REAL_ANSWERS = [
+  ans('CNAME', 'edge.cdn.example'),
+  A('10.1.2.3'),
+  ans('AAAA', '2001:db8::1'),
+  ans('MX', `10 ${Q_NAME}`),
+  A('192.0.2.200'),
+];
 
 describe('parseDnsMessage', () => {
   it('parses a query', () => {
     const { bytes } = encode({ id: 0x1234, flags: QUERY, questions: [{ name: Q_NAME, type: T.A }] });
-    expect(parseDnsMessage(bytes, false)).toEqual({ id: 0x1234, qr: 'Q', name: Q_NAME, qtype: 'A', rcode: '', answers: [] });
+    expect(parseDnsMessage(bytes, false)).toEqual({ id: 0x1234, qr: 'Q', name: Q_NAME, qtype: 'A', rcode: '', answers: [], answersTruncated: false });
   });
 
   it('keeps the case of the name as sent (0x20 randomisation)', () => {
@@ -111,7 +120,7 @@ describe('parseDnsMessage', () => {
     expect(parseDnsMessage(bytes, false)).toMatchObject({ name: 'AmBeR-TeSt.Example', qtype: 'AAAA' });
   });
 
-  it('parses a response with CNAME, A and AAAA answers, skipping other types', () => {
+  it('parses a response with CNAME, A, AAAA and MX answers, each with its type', () => {
     expect(realResponse.bytes[CNAME_TARGET_OFFSET]).toBe(4); // "edge" really is where the pointers go
     expect(parseDnsMessage(realResponse.bytes, false)).toEqual({
       id: 0xbeef,
@@ -120,12 +129,13 @@ describe('parseDnsMessage', () => {
       qtype: 'A',
       rcode: 'NOERROR',
       answers: REAL_ANSWERS,
+      answersTruncated: false,
     });
   });
 
   it('parses NXDOMAIN and other rcodes', () => {
     const nx = encode({ id: 7, flags: 0x8183, questions: [{ name: 'nope.example', type: T.A }] });
-    expect(parseDnsMessage(nx.bytes, false)).toEqual({ id: 7, qr: 'R', name: 'nope.example', qtype: 'A', rcode: 'NXDOMAIN', answers: [] });
+    expect(parseDnsMessage(nx.bytes, false)).toEqual({ id: 7, qr: 'R', name: 'nope.example', qtype: 'A', rcode: 'NXDOMAIN', answers: [], answersTruncated: false });
     const rcodeOf = (flags: number) => parseDnsMessage(encode({ id: 7, flags, questions: [{ name: 'x', type: T.A }] }).bytes, false)?.rcode;
     expect(rcodeOf(0x8182)).toBe('SERVFAIL');
     expect(rcodeOf(0x8185)).toBe('REFUSED');
@@ -169,7 +179,7 @@ describe('parseDnsMessage', () => {
         { name: ptr(16), type: T.NS, rdata: ptr(16) },
       ],
     });
-    expect(parseDnsMessage(bytes, false)).toMatchObject({ qtype: 'PTR', answers: ['lb.example.com', 'www.test.com', 'example.com'] });
+    expect(parseDnsMessage(bytes, false)).toMatchObject({ qtype: 'PTR', answers: [ans('CNAME', 'lb.example.com'), ans('PTR', 'www.test.com'), ans('NS', 'example.com')] });
   });
 
   it('formats AAAA answers in compressed form', () => {
@@ -180,7 +190,7 @@ describe('parseDnsMessage', () => {
       questions: [{ name: 'v6.example', type: T.AAAA }],
       answers: aaaa.map((a) => ({ name: ptr(12), type: T.AAAA, rdata: ipv6(a === '::ffff:10.0.0.1' ? '::ffff:a00:1' : a) })),
     });
-    expect(parseDnsMessage(bytes, false)?.answers).toEqual(aaaa);
+    expect(parseDnsMessage(bytes, false)?.answers).toEqual(aaaa.map((a) => ans('AAAA', a)));
   });
 
   it('prints AAAA answers as node:net does', () => {
@@ -193,7 +203,7 @@ describe('parseDnsMessage', () => {
       if (groups.slice(0, 6).every((g) => g === 0) && !(groups[6] === 0 && groups[7] <= 1)) continue;
       const text = groups.map((g) => g.toString(16)).join(':');
       const { bytes } = encode({ id: 4, flags: RESPONSE, questions: [{ name: 'x', type: T.AAAA }], answers: [{ name: ptr(12), type: T.AAAA, rdata: groups.flatMap(u16) }] });
-      expect(parseDnsMessage(bytes, false)?.answers).toEqual([new net.SocketAddress({ address: text, family: 'ipv6' }).address]);
+      expect(parseDnsMessage(bytes, false)?.answers).toEqual([ans('AAAA', new net.SocketAddress({ address: text, family: 'ipv6' }).address)]);
     }
   });
 
@@ -210,7 +220,7 @@ describe('parseDnsMessage', () => {
   it('reads the TCP length prefix', () => {
     expect(parseDnsMessage(tcpFramed(realResponse.bytes), true)).toEqual(parseDnsMessage(realResponse.bytes, false));
     const query = encode({ id: 0x4242, flags: QUERY, questions: [{ name: Q_NAME, type: T.AAAA }] }).bytes;
-    expect(parseDnsMessage(tcpFramed(query), true)).toEqual({ id: 0x4242, qr: 'Q', name: Q_NAME, qtype: 'AAAA', rcode: '', answers: [] });
+    expect(parseDnsMessage(tcpFramed(query), true)).toEqual({ id: 0x4242, qr: 'Q', name: Q_NAME, qtype: 'AAAA', rcode: '', answers: [], answersTruncated: false });
     // Without the prefix skipped, the bytes are misread: the flag matters.
     expect(parseDnsMessage(tcpFramed(query), false)).not.toEqual(parseDnsMessage(tcpFramed(query), true));
   });
@@ -247,7 +257,7 @@ describe('parseDnsMessage', () => {
     const full = realResponse.bytes;
     const [cnameEnd, aEnd, aaaaEnd, mxEnd, a2End] = realResponse.answerEnds;
     const expectedAnswers = (cut: number) =>
-      [cut >= cnameEnd, cut >= aEnd, cut >= aaaaEnd, cut >= a2End].flatMap((ok, i) => (ok ? [REAL_ANSWERS[i]] : []));
+      [cut >= cnameEnd, cut >= aEnd, cut >= aaaaEnd, cut >= mxEnd, cut >= a2End].flatMap((ok, i) => (ok ? [REAL_ANSWERS[i]] : []));
     expect(mxEnd).toBeLessThan(a2End);
     for (let cut = 0; cut <= full.length; cut++) {
       const udp = parseDnsMessage(full.subarray(0, cut), false);
@@ -256,7 +266,7 @@ describe('parseDnsMessage', () => {
       if (cut < realResponse.questionEnd - 2) {
         expect(udp, `cut ${cut}`).toBeNull();
       } else {
-        expect(udp, `cut ${cut}`).toEqual({ id: 0xbeef, qr: 'R', name: Q_NAME, qtype: 'A', rcode: 'NOERROR', answers: expectedAnswers(cut) });
+        expect(udp, `cut ${cut}`).toEqual({ id: 0xbeef, qr: 'R', name: Q_NAME, qtype: 'A', rcode: 'NOERROR', answers: expectedAnswers(cut), answersTruncated: cut < a2End });
       }
     }
   });
@@ -282,7 +292,7 @@ describe('parseDnsMessage', () => {
         { name: ptr(12), type: T.A, rdata: ipv4('10.0.0.2') },
       ],
     });
-    expect(parseDnsMessage(bytes, false)?.answers).toEqual(['10.0.0.1', '10.0.0.2']);
+    expect(parseDnsMessage(bytes, false)).toMatchObject({ answers: [A('10.0.0.1'), A('10.0.0.2')], answersTruncated: false });
   });
 
   it('follows at most 16 pointers in a name', () => {
@@ -316,7 +326,7 @@ describe('parseDnsMessage', () => {
       ],
       counts: [1, 60000, 60000, 60000],
     });
-    expect(parseDnsMessage(bytes, false)).toMatchObject({ rcode: 'NOERROR', answers: ['10.0.0.1'] });
+    expect(parseDnsMessage(bytes, false)).toMatchObject({ rcode: 'NOERROR', answers: [A('10.0.0.1')], answersTruncated: true });
     // A and AAAA with the wrong length are not addresses
     const wrong = encode({
       id: 1,
@@ -328,7 +338,64 @@ describe('parseDnsMessage', () => {
         { name: ptr(12), type: T.A, rdata: ipv4('10.0.0.3') },
       ],
     });
-    expect(parseDnsMessage(wrong.bytes, false)?.answers).toEqual(['10.0.0.3']);
+    expect(parseDnsMessage(wrong.bytes, false)).toMatchObject({ answers: [A('10.0.0.3')], answersTruncated: false });
+  });
+
+  it('decodes TXT, SRV, MX, NS and PTR data, and any other type in the RFC 3597 form', () => {
+    const txt = (...strings: number[][]) => strings.flatMap((b) => [b.length, ...b]);
+    const bytes = (t: string) => [...Buffer.from(t, 'latin1')];
+    const { bytes: msg } = encode({
+      id: 9,
+      flags: RESPONSE,
+      questions: [{ name: 'x.example', type: T.TXT }],
+      answers: [
+        { name: ptr(12), type: T.TXT, rdata: txt(bytes('v=spf1 -all')) },
+        // a tunnel's payload: several strings, quotes, a backslash, control and high bytes
+        { name: ptr(12), type: T.TXT, rdata: txt(bytes('a"b\\c'), [0x00, 0x1b, 0x7f, 0xff], []) },
+        { name: ptr(12), type: T.SRV, rdata: [...u16(10), ...u16(60), ...u16(5060), ...name('sip.example')] },
+        { name: ptr(12), type: T.MX, rdata: [...u16(0), 0] },
+        { name: ptr(12), type: 99, rdata: [0xde, 0xad] }, // SPF: not decoded, kept as bytes
+        { name: ptr(12), type: 1234, rdata: [] },
+      ],
+    });
+    expect(parseDnsMessage(msg, false)).toMatchObject({
+      qtype: 'TXT',
+      answersTruncated: false,
+      answers: [
+        ans('TXT', '"v=spf1 -all"'),
+        ans('TXT', '"a\\"b\\\\c" "\\000\\027\\127\\255" ""'),
+        ans('SRV', '10 60 5060 sip.example'),
+        ans('MX', '0 .'),
+        ans('SPF', '\\# 2 dead'),
+        ans('TYPE1234', '\\# 0'),
+      ],
+    });
+    // a TXT string running past its RDLENGTH is no data; the next record is still read
+    const bad = encode({
+      id: 9,
+      flags: RESPONSE,
+      questions: [{ name: 'x.example', type: T.TXT }],
+      answers: [
+        { name: ptr(12), type: T.TXT, rdata: [5, 0x61] },
+        { name: ptr(12), type: T.A, rdata: ipv4('10.0.0.9') },
+      ],
+    });
+    expect(parseDnsMessage(bad.bytes, false)).toMatchObject({ answers: [A('10.0.0.9')], answersTruncated: false });
+  });
+
+  it('flags an answer list cut at the capture limit (512 bytes)', () => {
+    const chunk = [...Buffer.from('x'.repeat(200))];
+    const { bytes } = encode({
+      id: 10,
+      flags: RESPONSE,
+      questions: [{ name: 'exfil.example', type: T.TXT }],
+      answers: [0, 1, 2].map(() => ({ name: ptr(12), type: T.TXT, rdata: [chunk.length, ...chunk] })),
+    });
+    expect(bytes.length).toBeGreaterThan(512);
+    const cut = parseDnsMessage(bytes.subarray(0, 512), false);
+    expect(cut?.answers).toHaveLength(2);
+    expect(cut?.answersTruncated).toBe(true);
+    expect(parseDnsMessage(bytes, false)).toMatchObject({ answersTruncated: false });
   });
 
   it('does not read a name past its RDLENGTH', () => {
@@ -350,7 +417,7 @@ describe('parseDnsMessage', () => {
       answers: [{ name: ptr(12), type: 0, cls: 0x2900, ttl: 0x00010000, rdata: [0, 0], rdlength: 0xffff }],
       counts: [1, 1, 0, 1],
     });
-    expect(parseDnsMessage(bytes, false)).toMatchObject({ rcode: 'NOERROR', answers: [] });
+    expect(parseDnsMessage(bytes, false)).toMatchObject({ rcode: 'NOERROR', answers: [], answersTruncated: true });
   });
 
   it('never throws on random or mutated bytes', () => {
@@ -369,7 +436,9 @@ describe('parseDnsMessage', () => {
         const m = parseDnsMessage(buf, tcp);
         if (m !== null) {
           expect(typeof m.name).toBe('string');
-          expect(m.answers.every((a) => typeof a === 'string')).toBe(true);
+          expect(m.answers.every((a) => typeof a.type === 'string' && typeof a.data === 'string')).toBe(true);
+          expect(typeof m.answersTruncated).toBe('boolean');
+          expect(m.answers.length).toBeLessThanOrEqual(u16At(buf, tcp ? 8 : 6));
         }
       }
     }
@@ -406,6 +475,7 @@ function dnsEvent(over: Partial<DnsEvent>): DnsEvent {
     qtype: 'A',
     rcode: '',
     answers: [],
+    answersTruncated: false,
     ...over,
   };
 }
@@ -416,7 +486,7 @@ function responseTo(q: DnsEvent, over: Partial<DnsEvent> = {}): DnsEvent {
     ...q,
     qr: 'R',
     rcode: 'NOERROR',
-    answers: ['10.1.2.3'],
+    answers: [A('10.1.2.3')],
     saddr: q.daddr,
     sport: q.dport,
     daddr: q.saddr,
@@ -523,6 +593,7 @@ describe('DnsTracker', () => {
         qtype: 'AAAA',
         rcode: 'TIMEOUT',
         answers: [],
+        answersTruncated: false,
         latencyNs: 2e9,
       },
     ]);

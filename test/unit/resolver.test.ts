@@ -270,4 +270,29 @@ describe('ContainerResolver', () => {
     expect(resolver.containerId(later, 900, OTHER_MNTNS)).toBe(LATER_ID);
     expect(resolver.stats().misses).toBe(1);
   });
+
+  it("names a host-cgroup process in a container's mount namespace by that container, never the host's namespace", async () => {
+    const podmanCgroup = makeCgroup('user.slice/podman.scope'); // where runc runs for `podman exec`
+    const container = makeCgroup(`machine.slice/libpod-${LATER_ID}.scope`);
+    writeProcCgroup(700, '0::/user.slice/podman.scope\n'); // runc after setns, before joining the container's cgroup
+    writeProcCgroup(701, '0::/user.slice/podman.scope\n');
+    newResolver();
+    await resolver.init();
+    // before any event of the container: /proc says host
+    expect(resolver.containerId(podmanCgroup, 700, OTHER_MNTNS)).toBe('');
+    // an event of the container teaches its mount namespace, over the cached negative answer
+    expect(resolver.containerId(container, 42, OTHER_MNTNS)).toBe(LATER_ID);
+    expect(resolver.containerId(podmanCgroup, 700, OTHER_MNTNS)).toBe(LATER_ID);
+    // and keeps it past the /proc TTLs
+    clock += 120_000;
+    expect(resolver.containerId(podmanCgroup, 701, OTHER_MNTNS)).toBe(LATER_ID);
+    // a container sharing the host's mount namespace names nothing there
+    expect(resolver.containerId(container, 43, hostMntns)).toBe(LATER_ID);
+    expect(resolver.containerId(podmanCgroup, 701, hostMntns)).toBe('');
+    // the namespace is forgotten with the container's cgroup
+    resolver.onCgroup(container, `/machine.slice/libpod-${LATER_ID}.scope`, true);
+    clock += 60_001;
+    resolver.onCgroup(makeCgroup('other'), '/other', false); // prunes
+    expect(resolver.containerId(podmanCgroup, 701, OTHER_MNTNS)).toBe('');
+  });
 });
