@@ -10,7 +10,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AmberEvent } from '../../src/sensor/events';
-import { waitForAmberPrograms } from '../helpers/bpf';
+import { programIdsHeldBy, waitForProgramsGone } from '../helpers/bpf';
 import { startContainer, uniqueName, type Container } from '../helpers/podman';
 
 const CLI = path.resolve(__dirname, '../../dist/src/cli/main.js');
@@ -112,10 +112,12 @@ describe('amber agent', () => {
       const m = marked(await query(dataDir, '--container', container.id), 'amber-agent-two');
       return m.execs.length === 1 ? m : undefined;
     });
+    const programs = programIdsHeldBy(agent.child.pid!);
+    expect(programs.length).toBeGreaterThanOrEqual(8);
     agent.child.kill('SIGKILL');
     await agent.exited;
     // a killed agent leaves nothing attached: its links and programs go with its fds
-    expect(await waitForAmberPrograms(0)).toEqual([]);
+    expect(await waitForProgramsGone(programs)).toEqual([]);
 
     // a copy taken from the node's disk answers the same, with no agent running
     const copy = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-agent-copy-'));

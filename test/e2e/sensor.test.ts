@@ -11,7 +11,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sensor } from '../../src/sensor/sensor';
-import { amberProgramsLoaded, waitForAmberPrograms } from '../helpers/bpf';
+import { programIdsHeldBy, waitForProgramsGone } from '../helpers/bpf';
 import { EventLog } from '../helpers/events';
 import { runOnce, startContainer, uniqueName, type Container } from '../helpers/podman';
 
@@ -221,9 +221,10 @@ describe('sensor on the real kernel', () => {
 
   it('finds the upper layer the same way through the inode-size fallback (overlay as a module without BTF)', async () => {
     const fallback = new EventLog();
-    const before = amberProgramsLoaded();
+    const before = programIdsHeldBy(process.pid);
     const second = await Sensor.start({ types: ['exec'], overlayProbe: 'inode-size' }, fallback.push);
-    expect(amberProgramsLoaded().length).toBe(before.length + second.programs().length);
+    const secondsOwn = programIdsHeldBy(process.pid).filter((id) => !before.includes(id));
+    expect(secondsOwn.length).toBe(second.programs().length);
     try {
       await early.exec('/tmp/busybox', 'true');
       await early.exec('/bin/sh', '-c', 'true');
@@ -235,11 +236,12 @@ describe('sensor on the real kernel', () => {
       await second.stop();
     }
     // stop() detached and freed its programs: only the suite's main sensor's remain
-    expect((await waitForAmberPrograms(before.length)).sort()).toEqual(before.sort());
+    expect(await waitForProgramsGone(secondsOwn)).toEqual([]);
+    expect(programIdsHeldBy(process.pid)).toEqual(before);
   });
 
   it("turns a failed attach into an Error with libbpf's own words, and leaves nothing loaded", async () => {
-    const before = amberProgramsLoaded();
+    const before = programIdsHeldBy(process.pid);
     // a directory that is not a cgroup: the kernel refuses to attach the DNS programs there
     const err = (await Sensor.start({ types: ['dns'], cgroupRoot: tmp }, () => undefined).catch((e: unknown) => e)) as Error & {
       code: string;
@@ -252,7 +254,7 @@ describe('sensor on the real kernel', () => {
     );
     expect(err).toMatchObject({ code: 'ESENSOR', errno: -9 });
     expect(err.libbpf).toContain("prog 'amber_dns_egress': failed to attach to cgroup");
-    expect((await waitForAmberPrograms(before.length)).sort()).toEqual(before.sort());
+    expect(programIdsHeldBy(process.pid)).toEqual(before);
   });
 
   it('counts what the ring had no room for instead of losing it silently', async () => {
