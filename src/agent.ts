@@ -35,7 +35,7 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
         ringBytes: config.sensor.ringBytes,
         pollMs: config.sensor.pollInterval,
         dnsTimeoutMs: config.sensor.dnsTimeout,
-        ignoreTgid: process.pid,
+        ignoreSelf: true,
         log: (obj, msg) => log.warn({ event: 'containers', ...obj }, msg),
       },
       (events) => buffer.append(events),

@@ -86,7 +86,7 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
   const dnsTimeoutMs = values['dns-timeout'] !== undefined ? parseDurationMs(values['dns-timeout']) : undefined;
 
   if (format === 'columns') out.write(`${COLUMNS_HEADER}\n`);
-  const sensor = await Sensor.start({ types, ignoreTgid: process.pid, dnsTimeoutMs }, (events) => {
+  const sensor = await Sensor.start({ types, ignoreSelf: true, dnsTimeoutMs }, (events) => {
     let text = '';
     for (const e of events) if (matchesFilter(e, filter)) text += `${formatEvent(e, format)}\n`;
     if (text) out.write(text);
