@@ -324,7 +324,7 @@ async function agentUnderOpenStorm(): Promise<string[]> {
     const buffer = await EventBuffer.open({ dataDir: dir, maxBytes: 1024 * MiB });
     let pid = -1;
     let ours = 0;
-    const sensor = await Sensor.start({ ignoreTgid: process.pid }, (events) => {
+    const sensor = await Sensor.start({ ignoreSelf: true }, (events) => {
       buffer.append(events);
       for (const e of events) if (e.pid === pid && e.type === 'open' && e.comm === 'open-storm' && e.path === '/dev/null') ours++;
     });

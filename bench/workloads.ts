@@ -6,13 +6,17 @@ import path from 'node:path';
 export const ROOT = path.resolve(__dirname, '../..');
 export const WORK = path.join(ROOT, 'build/bench');
 
-/** Compiles open-storm and exec-storm into build/bench; returns their paths. */
-export function compileWorkloads(): { openStorm: string; execStorm: string } {
+/** Compiles open-storm, exec-storm and syscall-storm into build/bench; returns their paths. */
+export function compileWorkloads(): { openStorm: string; execStorm: string; syscallStorm: string } {
   fs.mkdirSync(WORK, { recursive: true });
-  for (const name of ['open-storm', 'exec-storm']) {
+  for (const name of ['open-storm', 'exec-storm', 'syscall-storm']) {
     execFileSync('cc', ['-O2', '-o', path.join(WORK, name), path.join(ROOT, 'bench/workloads', `${name}.c`)]);
   }
-  return { openStorm: path.join(WORK, 'open-storm'), execStorm: path.join(WORK, 'exec-storm') };
+  return {
+    openStorm: path.join(WORK, 'open-storm'),
+    execStorm: path.join(WORK, 'exec-storm'),
+    syscallStorm: path.join(WORK, 'syscall-storm'),
+  };
 }
 
 /** Runs a command to completion; onPid gets its pid as soon as it is spawned. */

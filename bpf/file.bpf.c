@@ -13,18 +13,19 @@
 __noinline int amber_file_open(__u64 upath_addr, __u32 flags, __u32 mode, long ret)
 {
 	const char *upath = (const char *)upath_addr;
+	struct task_struct *task = bpf_get_current_task_btf();
 	struct amber_scratch *s;
 	struct amber_open *e;
 	__u32 off;
 	long n;
 
-	if (ignored_tgid(bpf_get_current_pid_tgid() >> 32))
+	if (ignored_tgid(task->tgid))
 		return 0;
 	s = scratch_get();
 	if (!s)
 		return 0;
 	e = (void *)s->record;
-	header_fill(&e->hdr, AMBER_OPEN);
+	header_fill_task(&e->hdr, AMBER_OPEN, task);
 	e->ret = ret;
 	e->flags = flags;
 	e->mode = (flags & (AMBER_O_CREAT | AMBER_O_TMPFILE)) ? mode : 0;

@@ -54,7 +54,7 @@ static __always_inline void sock_addrs(struct amber_sock *e, struct sock *sk, in
 		e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 }
 
-static __always_inline struct amber_sock *sock_record(__u8 kind, long ret)
+static __always_inline struct amber_sock *sock_record(__u8 kind, long ret, struct task_struct *task)
 {
 	struct amber_scratch *s = scratch_get();
 	struct amber_sock *e;
@@ -63,7 +63,7 @@ static __always_inline struct amber_sock *sock_record(__u8 kind, long ret)
 		return NULL;
 	e = (void *)s->record;
 	__builtin_memset((void *)e + sizeof(e->hdr), 0, sizeof(*e) - sizeof(e->hdr));
-	header_fill(&e->hdr, kind);
+	header_fill_task(&e->hdr, kind, task);
 	e->ret = ret;
 	return e;
 }
@@ -75,11 +75,12 @@ static __always_inline struct amber_sock *sock_record(__u8 kind, long ret)
 __noinline int amber_net_connect(__u32 fd, __u64 uaddr_addr, long ret)
 {
 	void *uaddr = (void *)uaddr_addr;
+	struct task_struct *task = bpf_get_current_task_btf();
 	struct sockaddr_in6 sa = {};
 	struct amber_sock *e;
 	struct sock *sk;
 
-	if (ignored_tgid(bpf_get_current_pid_tgid() >> 32))
+	if (ignored_tgid(task->tgid))
 		return 0;
 	sk = inet_sock_of(fd);
 	if (!sk)
@@ -91,7 +92,7 @@ __noinline int amber_net_connect(__u32 fd, __u64 uaddr_addr, long ret)
 		return 0;
 	if (sa.sin6_family != AMBER_AF_INET && sa.sin6_family != AMBER_AF_INET6)
 		return 0; /* AF_UNSPEC disconnects a UDP socket */
-	e = sock_record(AMBER_CONNECT, ret);
+	e = sock_record(AMBER_CONNECT, ret, task);
 	if (!e)
 		return 0;
 	sock_addrs(e, sk, 0);
@@ -115,15 +116,19 @@ __noinline int amber_net_connect(__u32 fd, __u64 uaddr_addr, long ret)
  */
 __noinline int amber_net_accept(long ret)
 {
+	struct task_struct *task;
 	struct amber_sock *e;
 	struct sock *sk;
 
-	if (ret < 0 || ignored_tgid(bpf_get_current_pid_tgid() >> 32))
+	if (ret < 0)
+		return 0;
+	task = bpf_get_current_task_btf();
+	if (ignored_tgid(task->tgid))
 		return 0;
 	sk = inet_sock_of(ret);
 	if (!sk)
 		return 0;
-	e = sock_record(AMBER_ACCEPT, ret);
+	e = sock_record(AMBER_ACCEPT, ret, task);
 	if (!e)
 		return 0;
 	sock_addrs(e, sk, 1);

@@ -22,6 +22,10 @@ int BPF_PROG(amber_sys_exit, struct pt_regs *regs, long ret)
 {
 	long nr = SYSCALL_NR(regs);
 
+	/* nearly every syscall is not ours: the number alone decides, before anything else is read */
+	if (nr != NR_openat && nr != NR_open && nr != NR_creat && nr != NR_openat2 && nr != NR_connect &&
+	    nr != NR_accept && nr != NR_accept4)
+		return 0;
 	/* 32-bit (compat) syscalls use other numbers: not decoded here, never misread */
 	if (SYSCALL_IS_COMPAT(regs))
 		return 0;

@@ -42,7 +42,7 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
         ringBytes: config.sensor.ringBytes,
         pollMs: config.sensor.pollInterval,
         dnsTimeoutMs: config.sensor.dnsTimeout,
-        ignoreTgid: process.pid,
+        ignoreSelf: true,
         log: (obj, msg) => log.warn({ event: 'containers', ...obj }, msg),
       },
       pipeline.publish,

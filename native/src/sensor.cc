@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <functional>
@@ -38,6 +39,19 @@ uint64_t NumberOption(const Napi::Object& o, const char* key, uint64_t fallback)
   double d = v.As<Napi::Number>().DoubleValue();
   if (d < 0) throw Napi::RangeError::New(o.Env(), std::string(key) + " must not be negative");
   return static_cast<uint64_t>(d);
+}
+
+// The program that tells the kernel which process is the sensor's own (bpf/amber.bpf.c).
+constexpr const char* kSelfProgram = "amber_self";
+
+// How many bytes a CPU submits between two looks at the ring's fill: all CPUs
+// together then pass the wakeup threshold by at most an eighth of the room
+// left above it before the reader is woken. 0 = look on every record.
+uint32_t FillCheckBytes(uint64_t ring_bytes, uint64_t wakeup_bytes) {
+  int ncpu = libbpf_num_possible_cpus();
+  if (ncpu <= 0 || wakeup_bytes >= ring_bytes) return 0;
+  uint64_t step = (ring_bytes - wakeup_bytes) / (8 * static_cast<uint64_t>(ncpu));
+  return static_cast<uint32_t>(std::min<uint64_t>(step, 64u << 10));
 }
 
 class LoadWorker : public Napi::AsyncWorker {
@@ -104,7 +118,7 @@ Sensor::Sensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Sensor>(info) 
   }
   options_.ring_bytes = NumberOption(o, "ringBytes", options_.ring_bytes);
   options_.wakeup_bytes = NumberOption(o, "wakeupBytes", options_.wakeup_bytes);
-  options_.ignore_tgid = NumberOption(o, "ignoreTgid", 0);
+  options_.ignore_self = o.Get("ignoreSelf").ToBoolean();
   options_.ovl_by_inode_size = o.Get("ovlByInodeSize").ToBoolean();
   options_.syscall_families = NumberOption(o, "syscallFamilies", 0);
   options_.batch_bytes = NumberOption(o, "batchBytes", options_.batch_bytes);
@@ -132,8 +146,8 @@ int Sensor::Load(std::string* error) {
     *error = "opening the BPF object";
     return -errno;
   }
-  skel_->rodata->amber_ignore_tgid = options_.ignore_tgid;
   skel_->rodata->amber_wakeup_bytes = options_.wakeup_bytes;
+  skel_->rodata->amber_fill_check_bytes = FillCheckBytes(options_.ring_bytes, options_.wakeup_bytes);
   skel_->rodata->amber_ovl_by_inode_size = options_.ovl_by_inode_size ? 1 : 0;
   skel_->rodata->amber_families = options_.syscall_families;
   int err = bpf_map__set_max_entries(skel_->maps.events, options_.ring_bytes);
@@ -145,7 +159,7 @@ int Sensor::Load(std::string* error) {
   std::set<std::string> unknown = options_.programs;
   bpf_object__for_each_program(prog, skel_->obj) {
     std::string name = bpf_program__name(prog);
-    bool wanted = options_.programs.count(name) > 0;
+    bool wanted = options_.programs.count(name) > 0 || (name == kSelfProgram && options_.ignore_self);
     unknown.erase(name);
     bpf_program__set_autoload(prog, wanted);
   }
@@ -161,6 +175,12 @@ int Sensor::Load(std::string* error) {
   bpf_object__for_each_program(prog, skel_->obj) {
     if (!bpf_program__autoload(prog)) continue;
     std::string name = bpf_program__name(prog);
+    if (name == kSelfProgram) {
+      err = RunSelf(prog, error);
+      if (err) return err;
+      attached_.push_back(name);
+      continue;
+    }
     bpf_link* link;
     if (bpf_program__type(prog) == BPF_PROG_TYPE_CGROUP_SKB) {
       if (cgroup_fd_ < 0) {
@@ -189,6 +209,24 @@ int Sensor::Load(std::string* error) {
   if (err) {
     *error = "opening the ring buffer";
     return err;
+  }
+  return 0;
+}
+
+// Runs amber_self once in this thread: the kernel writes the tgid it knows
+// this process by (the host's, also inside a PID namespace) where every
+// program compares. Load() runs on a worker thread of this same process.
+int Sensor::RunSelf(bpf_program* prog, std::string* error) {
+  LIBBPF_OPTS(bpf_test_run_opts, opts);
+  int err = bpf_prog_test_run_opts(bpf_program__fd(prog), &opts);
+  if (err) {
+    int e = errno;
+    *error = "running amber_self (the sensor's own tgid)";
+    return -e;
+  }
+  if (skel_->bss->amber_self_tgid == 0) {
+    *error = "amber_self did not report the sensor's tgid";
+    return -EIO;
   }
   return 0;
 }

@@ -11,6 +11,7 @@
 
 struct amber_bpf;
 struct bpf_link;
+struct bpf_program;
 
 namespace amber {
 
@@ -18,7 +19,7 @@ struct SensorOptions {
   std::set<std::string> programs;  // BPF program names to load and attach
   uint64_t ring_bytes = 16u << 20;
   uint64_t wakeup_bytes = 4u << 20;
-  uint32_t ignore_tgid = 0;
+  bool ignore_self = false;  // leave out the calling process (by its tgid as the kernel sees it)
   bool ovl_by_inode_size = false;
   uint32_t syscall_families = 0;  // AMBER_FAMILY_* bits for the sys_exit dispatcher
   std::string cgroup_path;  // cgroup v2 root, for the cgroup_skb programs
@@ -43,6 +44,7 @@ class Sensor : public Napi::ObjectWrap<Sensor> {
   Napi::Value Drops(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value Programs(const Napi::CallbackInfo& info);
+  int RunSelf(bpf_program* prog, std::string* error);
   void Teardown();
   std::vector<uint64_t> ReadDrops();
   static void OnEnvExit(void* self);
@@ -53,7 +55,7 @@ class Sensor : public Napi::ObjectWrap<Sensor> {
   Napi::FunctionReference on_batch_;
   amber_bpf* skel_ = nullptr;
   std::vector<bpf_link*> links_;
-  std::vector<std::string> attached_;
+  std::vector<std::string> attached_;  // every program it holds loaded (amber_self is run, not attached)
   int cgroup_fd_ = -1;
   RingReader* reader_ = nullptr;  // deleted by the batch function's finalizer once started
   bool reader_owned_by_tsfn_ = false;

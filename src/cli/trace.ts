@@ -54,7 +54,7 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
   const dnsTimeoutMs = values['dns-timeout'] !== undefined ? parseDurationMs(values['dns-timeout']) : undefined;
 
   if (format === 'columns') out.write(`${COLUMNS_HEADER}\n`);
-  const sensor = await Sensor.start({ types, ignoreTgid: process.pid, dnsTimeoutMs }, (events) => {
+  const sensor = await Sensor.start({ types, ignoreSelf: true, dnsTimeoutMs }, (events) => {
     let text = '';
     for (const e of events) if (matches(e)) text += `${formatEvent(e, format)}\n`;
     if (text) out.write(text);

@@ -5,7 +5,8 @@ export interface NativeSensorOptions {
   programs: string[];
   ringBytes?: number;
   wakeupBytes?: number;
-  ignoreTgid?: number;
+  /** Leave out the calling process, by the tgid the kernel knows it by. */
+  ignoreSelf?: boolean;
   ovlByInodeSize?: boolean;
   /** AMBER_FAMILY_* bits: what the sys_exit dispatcher hands on (1 file, 2 net). */
   syscallFamilies?: number;

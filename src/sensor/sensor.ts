@@ -21,8 +21,12 @@ export interface SensorOptions {
   pollMs?: number;
   batchBytes?: number;
   batchCount?: number;
-  /** A process whose events are not recorded (the agent itself); 0 = none. */
-  ignoreTgid?: number;
+  /**
+   * Leave out this process's own events (the agent's reads of /proc, cgroupfs
+   * and its segments). The kernel names the process, so this holds inside a
+   * PID namespace too, where process.pid is not the kernel's tgid.
+   */
+  ignoreSelf?: boolean;
   /** How the kernel finds an overlay inode's upper dentry: BTF of ovl_inode, or the inode-size fallback. */
   overlayProbe?: 'btf' | 'inode-size';
   /** A DNS query with no response after this long yields an R event with rcode TIMEOUT. */
@@ -154,7 +158,7 @@ export class Sensor {
         pollMs: options.pollMs ?? DEFAULT_SENSOR.pollMs,
         batchBytes: options.batchBytes ?? DEFAULT_SENSOR.batchBytes,
         batchCount: options.batchCount ?? DEFAULT_SENSOR.batchCount,
-        ignoreTgid: options.ignoreTgid ?? 0,
+        ignoreSelf: options.ignoreSelf ?? false,
         ovlByInodeSize: options.overlayProbe === 'inode-size',
         syscallFamilies: [...types].reduce((bits, t) => bits | (SYSCALL_FAMILY[t] ?? 0), 0),
         cgroupPath: host.cgroupRoot,
