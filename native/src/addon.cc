@@ -6,6 +6,7 @@
 #include <cstddef>
 
 #include "events.h"
+#include "lock.h"
 #include "sensor.h"
 
 namespace amber {
@@ -91,6 +92,7 @@ class Addon : public Napi::Addon<Addon> {
   Addon(Napi::Env env, Napi::Object exports) {
     DefineAddon(exports, {
                              InstanceValue("Sensor", Sensor::Define(env)),
+                             InstanceValue("files", DefineFiles(env)),
                              InstanceMethod<&Addon::CallLayout>("layout"),
                              InstanceMethod<&Addon::CallBootToEpochNs>("bootToEpochNs"),
                          });

@@ -38,6 +38,15 @@ export interface NativeBinding {
   Sensor: new (options: NativeSensorOptions, onBatch: (batch: Buffer) => void) => NativeSensor;
   layout(): Record<string, number>;
   bootToEpochNs(): number;
+  /** The buffer's data-dir primitives (native/src/lock.cc). */
+  files: NativeFiles;
+}
+
+export interface NativeFiles {
+  /** flock(LOCK_EX|LOCK_NB): true when taken, false when another open file holds it. */
+  lock(fd: number): boolean;
+  /** lseek(SEEK_DATA): the first offset >= `offset` holding data, -1 when none. */
+  seekData(fd: number, offset: number): number;
 }
 
 /** build/native/Release/amber_native.node, from src/ or from dist/src/. */
