@@ -6,6 +6,7 @@
 #include <cstddef>
 
 #include "events.h"
+#include "lock.h"
 #include "sensor.h"
 
 namespace amber {
@@ -127,6 +128,7 @@ class Addon : public Napi::Addon<Addon> {
   Addon(Napi::Env env, Napi::Object exports) {
     DefineAddon(exports, {
                              InstanceValue("Sensor", Sensor::Define(env)),
+                             InstanceValue("files", DefineFiles(env)),
                              InstanceMethod<&Addon::CallLayout>("layout"),
                              InstanceMethod<&Addon::CallWireConstants>("wireConstants"),
                              InstanceMethod<&Addon::CallBootToEpochNs>("bootToEpochNs"),

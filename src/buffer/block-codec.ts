@@ -159,6 +159,13 @@ export class BlockEncoder {
   }
 
   /** The payload and its summary; the encoder must not be used afterwards. */
+  /** A copy of the payload so far, the block staying open: live queries decode it instead of closing the block. */
+  peek(): Buffer {
+    const copy = Buffer.from(this.buf.subarray(0, this.pos));
+    copy.writeUInt32BE(this.count, 1);
+    return copy;
+  }
+
   finish(): EncodedBlock {
     this.buf.writeUInt32BE(this.count, 1);
     return {

@@ -19,8 +19,16 @@ export const CONTAINER_SUMMARY_CHARS = 12;
 /** More distinct containers than this in one block: the summary says "any". */
 export const MAX_SUMMARY_CONTAINERS = 255;
 const CONTAINERS_NOT_SUMMARISED = 0xffff;
-/** A sane upper bound so a damaged length field cannot make a reader allocate gigabytes. */
-export const MAX_FRAME_PART_BYTES = 256 * 1024 * 1024;
+/**
+ * The format's real maxima, checked before anything is allocated or read, so a
+ * damaged or planted length field cannot make a reader allocate or scan much:
+ * a header holds at most 255 type counters and 255 container names of 255 bytes;
+ * a writer never writes a payload (compressed or not) above MAX_PAYLOAD_BYTES
+ * (blocks close at blockBytes, at most MAX_BLOCK_BYTES, plus one event).
+ */
+export const MAX_HEADER_BYTES = HEADER_FIXED_BYTES + 4 * 255 + 2 + MAX_SUMMARY_CONTAINERS * 256;
+export const MAX_BLOCK_BYTES = 16 * 1024 * 1024;
+export const MAX_PAYLOAD_BYTES = 32 * 1024 * 1024;
 
 export const Codec = { none: 0, zstd: 1 } as const;
 export type Codec = (typeof Codec)[keyof typeof Codec];
@@ -111,7 +119,7 @@ export function parseFramePrefix(buf: Buffer, at: number): FramePrefix | null {
   if (buf.compare(FRAME_MAGIC, 0, 4, at, at + 4) !== 0) return null;
   const headerLen = buf.readUInt32LE(at + 4);
   const payloadLen = buf.readUInt32LE(at + 8);
-  if (headerLen < HEADER_FIXED_BYTES + 2 || headerLen > MAX_FRAME_PART_BYTES || payloadLen > MAX_FRAME_PART_BYTES) {
+  if (headerLen < HEADER_FIXED_BYTES + 2 || headerLen > MAX_HEADER_BYTES || payloadLen > MAX_PAYLOAD_BYTES) {
     return null;
   }
   return { headerLen, payloadLen, crc: buf.readUInt32LE(at + 12), frameLen: FRAME_PREFIX_BYTES + headerLen + payloadLen };
@@ -133,8 +141,10 @@ export function verifyFrame(buf: Buffer, at: number, prefix: FramePrefix, fileOf
 
 /** Parses a frame's header body (the bytes after the prefix); null when malformed. */
 export function parseFrameHeader(header: Buffer, offset: number, frameLen: number): BlockInfo | null {
+  if (header.length < HEADER_FIXED_BYTES + 2) return null;
   const codec = header[0];
   if (codec !== Codec.none && codec !== Codec.zstd) return null;
+  if (header.readUInt32LE(8) > MAX_PAYLOAD_BYTES) return null;
   const typeSlots = header[2];
   let p = HEADER_FIXED_BYTES;
   if (header.length < p + 4 * typeSlots + 2) return null;

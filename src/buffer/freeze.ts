@@ -8,6 +8,8 @@ import * as path from 'node:path';
 import { Packr } from 'msgpackr';
 import type { AmberEvent } from '../sensor/events';
 import type { QueryFilter } from './query';
+import type { BufferLog } from './damage';
+import { createExclusive, readRegular } from './datadir';
 import { readdirIfExists } from './segment';
 
 export const FROZEN_DIR = 'frozen';
@@ -85,6 +87,7 @@ class HashedFile {
 
   async finish(): Promise<string> {
     await this.flush();
+    await this.fh.chmod(0o444); // through the descriptor: never a path a link could redirect
     await this.fh.sync();
     await this.fh.close();
     return this.hash.digest('hex');
@@ -108,10 +111,11 @@ export async function writeFrozenWindow(
 ): Promise<FrozenWindow> {
   const tmpDir = path.join(frozenRoot, TMP_PREFIX + meta.id);
   const finalDir = path.join(frozenRoot, meta.id);
-  await fsp.mkdir(tmpDir, { recursive: true, mode: 0o700 });
+  // Not recursive: an existing name (a planted link) fails instead of being written through.
+  await fsp.mkdir(tmpDir, { mode: 0o700 });
   try {
-    const msgpack = new HashedFile(await fsp.open(path.join(tmpDir, EVENTS_MSGPACK), 'wx'));
-    const jsonl = new HashedFile(await fsp.open(path.join(tmpDir, EVENTS_JSONL), 'wx'));
+    const msgpack = new HashedFile(await createExclusive(path.join(tmpDir, EVENTS_MSGPACK), 0o600));
+    const jsonl = new HashedFile(await createExclusive(path.join(tmpDir, EVENTS_JSONL), 0o600));
     let count = 0;
     try {
       for await (const batch of batches) {
@@ -135,8 +139,13 @@ export async function writeFrozenWindow(
       bytes: msgpack.bytes + jsonl.bytes,
       sha256: { 'events.msgpack': await msgpack.finish(), 'events.jsonl': await jsonl.finish() },
     };
-    await fsp.writeFile(path.join(tmpDir, WINDOW_FILE), `${JSON.stringify(window, null, 2)}\n`, { flag: 'wx' });
-    for (const name of [EVENTS_MSGPACK, EVENTS_JSONL, WINDOW_FILE]) await fsp.chmod(path.join(tmpDir, name), 0o444);
+    const meta_ = await createExclusive(path.join(tmpDir, WINDOW_FILE), 0o444);
+    try {
+      await meta_.writeFile(`${JSON.stringify(window, null, 2)}\n`);
+      await meta_.sync();
+    } finally {
+      await meta_.close();
+    }
     await fsp.rename(tmpDir, finalDir);
     return window;
   } catch (err) {
@@ -145,20 +154,47 @@ export async function writeFrozenWindow(
   }
 }
 
-/** Frozen windows already on disk (sorted by id), ignoring anything that is not a complete window. */
-export async function listFrozenWindows(frozenRoot: string): Promise<FrozenWindow[]> {
+/**
+ * Frozen windows already on disk (sorted by id), ignoring anything that is not
+ * a complete window; a window.json that does not hold every field is named in
+ * a warning and left out (stats must not break on it).
+ */
+export async function listFrozenWindows(frozenRoot: string, log?: BufferLog): Promise<FrozenWindow[]> {
   const names = await readdirIfExists(frozenRoot);
   const windows: FrozenWindow[] = [];
   for (const name of names.sort()) {
     if (name.startsWith(TMP_PREFIX)) continue;
+    const file = path.join(frozenRoot, name, WINDOW_FILE);
+    let window: unknown;
     try {
-      const window = JSON.parse(await fsp.readFile(path.join(frozenRoot, name, WINDOW_FILE), 'utf8')) as FrozenWindow;
-      if (window.id === name) windows.push(window);
-    } catch {
-      // Not a window (or an unreadable one): not ours to count.
+      window = JSON.parse((await readRegular(file, MAX_WINDOW_FILE_BYTES)).toString('utf8'));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' && (err as NodeJS.ErrnoException).code !== 'ENOTDIR') {
+        log?.('warn', 'event buffer: skipping a frozen window it cannot read', { file, reason: (err as Error).message });
+      }
+      continue;
     }
+    const missing = missingWindowFields(window);
+    if (missing.length > 0) {
+      log?.('warn', 'event buffer: skipping a frozen window whose window.json misses fields', { file, missing });
+      continue;
+    }
+    if ((window as FrozenWindow).id === name) windows.push(window as FrozenWindow);
   }
   return windows;
+}
+
+const MAX_WINDOW_FILE_BYTES = 1024 * 1024;
+
+/** The fields of window.json stats and exports rely on that are absent or of the wrong type. */
+function missingWindowFields(w: unknown): string[] {
+  if (typeof w !== 'object' || w === null) return ['(not an object)'];
+  const o = w as Record<string, unknown>;
+  const want: [string, string][] = [
+    ['id', 'string'], ['reason', 'string'], ['from', 'number'], ['to', 'number'], ['count', 'number'],
+    ['bytes', 'number'], ['created', 'string'], ['complete', 'boolean'], ['sha256', 'object'],
+  ];
+  return want.filter(([k, t]) => typeof o[k] !== t || o[k] === null || (t === 'number' && !Number.isFinite(o[k]))).map(([k]) => k);
 }
 
 /** Removes exports left half-written by a crash. */

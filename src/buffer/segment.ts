@@ -8,9 +8,16 @@ import { crc32 } from 'node:zlib';
 import { promises as fsp } from 'node:fs';
 import { decodeBlockPayload } from './block-codec';
 import { decompressPayload } from './compression';
+import { NotRegularFileError, openRegular, readRegular, writeFileAtomic } from './datadir';
+import { nativeFiles } from './lock';
 import {
   type BlockInfo,
   FRAME_MAGIC,
+  MAX_HEADER_BYTES,
+  MAX_PAYLOAD_BYTES,
+  SEGMENT_MAGIC,
+  SEGMENT_FORMAT_VERSION,
+  segmentHeader,
   FRAME_PREFIX_BYTES,
   isSegmentHeader,
   parseFrameHeader,
@@ -24,8 +31,10 @@ export const SEGMENTS_DIR = 'segments';
 const SEGMENT_RE = /^segment-(\d{16})\.amb$/;
 const INDEX_MAGIC = Buffer.from('AMBERIDX', 'latin1');
 const INDEX_VERSION = 1;
-/** Scanning reads the file in windows of this size (frames larger than it are read whole). */
+/** Scanning reads the file in windows of this size (frames larger than it are checksummed in pieces). */
 const SCAN_WINDOW_BYTES = 4 * 1024 * 1024;
+/** A sidecar of the largest segment of the largest blocks stays far below this. */
+const MAX_INDEX_BYTES = 64 * 1024 * 1024;
 
 export function segmentFileName(seq: number): string {
   return `segment-${String(seq).padStart(16, '0')}.amb`;
@@ -63,10 +72,11 @@ export interface DamagedRange {
 
 export interface ScanResult {
   /**
-   * ok; torn: created but its header never (fully) written, safe to discard;
-   * foreign: not a segment of this format version (a newer Amber's?), never to be touched.
+   * ok; torn: created but its header never (fully) written, holding nothing, safe to discard;
+   * foreign: a segment of a newer format version, never to be touched;
+   * damaged: the header does not hold (not a newer version: ordinary damage), frames are still scanned.
    */
-  header: 'ok' | 'torn' | 'foreign';
+  header: 'ok' | 'torn' | 'foreign' | 'damaged';
   blocks: BlockInfo[];
   /** Each block's frame head (prefix + header), for its sidecar index. */
   heads: Buffer[];
@@ -74,30 +84,53 @@ export interface ScanResult {
   validEnd: number;
   /** Bytes after the last valid frame that do not form a frame (a torn or damaged tail). */
   tailBytes: number;
-  /** Damaged stretches between valid frames, skipped. */
+  /** Damaged stretches between valid frames (and a damaged header), skipped. */
   damaged: DamagedRange[];
+}
+
+/** Seeks past sparse holes when the addon is there; without it a scan reads the zeros. */
+function dataFrom(fd: number, offset: number): number {
+  try {
+    return nativeFiles().seekData(fd, offset);
+  } catch {
+    return offset;
+  }
+}
+
+/** A header a newer Amber wrote: the magic intact, a plausible higher version. */
+function isNewerFormat(head: Buffer): boolean {
+  if (!head.subarray(0, 8).equals(SEGMENT_MAGIC)) return false;
+  const version = head.readUInt32LE(8);
+  return version > SEGMENT_FORMAT_VERSION && version <= 0xffff;
 }
 
 /**
  * Walks every frame of a segment file, verifying each checksum. A damaged frame
  * is skipped by searching for the next frame that verifies; what cannot be
- * resynchronised at the end is the torn tail.
+ * resynchronised at the end is the torn tail. Memory is bounded by the scan
+ * window whatever the file claims: lengths are checked against the format's
+ * maxima, large frames are checksummed in pieces, sparse holes are skipped.
+ * Throws NotRegularFileError for anything but a regular file (never blocks on a FIFO).
  */
 export async function scanSegment(file: string): Promise<ScanResult> {
-  const fh = await fsp.open(file, 'r');
+  const fh = await openRegular(file);
   try {
     const size = (await fh.stat()).size;
     const result: ScanResult = { header: 'torn', blocks: [], heads: [], validEnd: 0, tailBytes: size, damaged: [] };
     const head = Buffer.alloc(SEGMENT_HEADER_BYTES);
     const { bytesRead } = await fh.read(head, 0, SEGMENT_HEADER_BYTES, 0);
-    if (bytesRead < SEGMENT_HEADER_BYTES || head.every((b) => b === 0)) return result;
-    if (!isSegmentHeader(head)) {
+    const expected = segmentHeader();
+    const neverWritten = head.subarray(0, bytesRead).every((b, i) => b === 0 || b === expected[i]);
+    if (size <= SEGMENT_HEADER_BYTES && neverWritten && !(bytesRead === SEGMENT_HEADER_BYTES && isSegmentHeader(head))) {
+      return result; // nothing past the header: no event can be in it
+    }
+    if (isNewerFormat(head)) {
       result.header = 'foreign';
       return result;
     }
-    result.header = 'ok';
+    result.header = isSegmentHeader(head) ? 'ok' : 'damaged';
     result.validEnd = SEGMENT_HEADER_BYTES;
-    result.tailBytes = size - SEGMENT_HEADER_BYTES;
+    result.tailBytes = Math.max(0, size - SEGMENT_HEADER_BYTES);
 
     let window = Buffer.alloc(0);
     let windowStart = 0;
@@ -111,26 +144,54 @@ export async function scanSegment(file: string): Promise<ScanResult> {
       windowStart = offset;
       return read.bytesRead >= minBytes;
     };
+    /** CRC-32 of [from, from+length) read in window-sized pieces (a frame larger than the window). */
+    const crcOf = async (from: number, length: number, crc: number): Promise<number | null> => {
+      const chunk = Buffer.allocUnsafe(Math.min(length, SCAN_WINDOW_BYTES));
+      for (let done = 0; done < length; ) {
+        const n = Math.min(chunk.length, length - done);
+        const { bytesRead: got } = await fh.read(chunk, 0, n, from + done);
+        if (got !== n) return null;
+        crc = crc32(chunk.subarray(0, n), crc);
+        done += n;
+      }
+      return crc;
+    };
     let lastHead = Buffer.alloc(0);
     const frameAt = async (offset: number): Promise<BlockInfo | null> => {
       if (!(await load(offset, FRAME_PREFIX_BYTES))) return null;
       const prefix = parseFramePrefix(window, offset - windowStart);
       if (!prefix || offset + prefix.frameLen > size) return null;
-      if (!(await load(offset, prefix.frameLen))) return null;
+      const headLen = FRAME_PREFIX_BYTES + prefix.headerLen;
+      if (prefix.frameLen <= SCAN_WINDOW_BYTES) {
+        if (!(await load(offset, prefix.frameLen))) return null;
+        const at = offset - windowStart;
+        const block = verifyFrame(window, at, prefix, offset);
+        if (block) lastHead = Buffer.from(window.subarray(at, at + headLen));
+        return block;
+      }
+      // Large frame: parse the header first (cheap rejection), then checksum the payload in pieces.
+      if (!(await load(offset, headLen))) return null;
       const at = offset - windowStart;
-      const block = verifyFrame(window, at, prefix, offset);
-      if (block) lastHead = Buffer.from(window.subarray(at, at + FRAME_PREFIX_BYTES + prefix.headerLen));
+      const headBytes = Buffer.from(window.subarray(at, at + headLen));
+      const block = parseFrameHeader(headBytes.subarray(FRAME_PREFIX_BYTES), offset, prefix.frameLen);
+      if (!block) return null;
+      const crc = await crcOf(offset + headLen, prefix.payloadLen, crc32(headBytes.subarray(FRAME_PREFIX_BYTES)));
+      if (crc !== prefix.crc) return null;
+      lastHead = headBytes;
       return block;
     };
     /** The next frame at or after `from` that verifies, or null. */
     const resync = async (from: number): Promise<{ offset: number; block: BlockInfo } | null> => {
       let at = from;
       while (at + FRAME_PREFIX_BYTES <= size) {
+        const data = dataFrom(fh.fd, at);
+        if (data < 0) return null; // only a hole follows
+        at = Math.max(at, data);
         if (!(await load(at, FRAME_PREFIX_BYTES))) return null;
         const found = window.indexOf(FRAME_MAGIC, at - windowStart);
         if (found < 0) {
           // The magic may straddle two windows: continue 3 bytes before this one's end.
-          at = windowStart + window.length - (FRAME_MAGIC.length - 1);
+          at = Math.max(at + 1, windowStart + window.length - (FRAME_MAGIC.length - 1));
           continue;
         }
         const offset = windowStart + found;
@@ -142,6 +203,17 @@ export async function scanSegment(file: string): Promise<ScanResult> {
     };
 
     let offset = SEGMENT_HEADER_BYTES;
+    if (result.header === 'damaged') {
+      // The header is damage, not a format: read what frames follow it.
+      const next = await resync(offset);
+      result.damaged.push({ offset: 0, length: next ? next.offset : size });
+      if (!next) {
+        result.validEnd = SEGMENT_HEADER_BYTES;
+        result.tailBytes = 0;
+        return result;
+      }
+      offset = next.offset;
+    }
     while (offset < size) {
       const block = await frameAt(offset);
       if (block) {
@@ -192,22 +264,16 @@ export async function writeIndex(file: string, blocks: BlockInfo[], segmentSize:
   const body = Buffer.concat(parts);
   const crc = Buffer.alloc(4);
   crc.writeUInt32LE(crc32(body), 0);
-  const tmp = `${file}.tmp`;
-  try {
-    await fsp.writeFile(tmp, Buffer.concat([body, crc]), { mode: 0o600 });
-    await fsp.rename(tmp, file);
-  } catch (err) {
-    await fsp.rm(tmp, { force: true });
-    throw err;
-  }
+  await writeFileAtomic(file, Buffer.concat([body, crc]));
 }
 
 /** The blocks a sidecar describes, or null when it is missing, damaged or for another size of the segment. */
 export async function readIndex(file: string, segmentSize: number): Promise<BlockInfo[] | null> {
   let data: Buffer;
   try {
-    data = await fsp.readFile(file);
-  } catch {
+    data = await readRegular(file, MAX_INDEX_BYTES);
+  } catch (err) {
+    if (err instanceof NotRegularFileError) throw err; // not ours: the caller moves it aside
     return null;
   }
   if (data.length < 28 || !data.subarray(0, 8).equals(INDEX_MAGIC) || data.readUInt32LE(8) !== INDEX_VERSION) return null;
@@ -236,6 +302,7 @@ export class CorruptBlockError extends Error {}
 
 /** Reads, verifies and decodes one block. Throws CorruptBlockError when the data does not hold. */
 export async function readBlock(fh: fsp.FileHandle, block: BlockInfo): Promise<AmberEvent[]> {
+  if (block.frameLen > FRAME_PREFIX_BYTES + MAX_HEADER_BYTES + MAX_PAYLOAD_BYTES) throw new CorruptBlockError('block is longer than a block can be');
   const frame = Buffer.allocUnsafe(block.frameLen);
   const { bytesRead } = await fh.read(frame, 0, block.frameLen, block.offset);
   if (bytesRead !== block.frameLen) throw new CorruptBlockError('block is cut short');
@@ -243,9 +310,27 @@ export async function readBlock(fh: fsp.FileHandle, block: BlockInfo): Promise<A
   const verified = prefix && prefix.frameLen === block.frameLen ? verifyFrame(frame, 0, prefix, block.offset) : null;
   if (!verified) throw new CorruptBlockError('block checksum mismatch');
   const payload = frame.subarray(FRAME_PREFIX_BYTES + prefix!.headerLen);
+  let events: AmberEvent[];
   try {
-    return decodeBlockPayload(await decompressPayload(verified.codec, payload, verified.rawLen));
+    events = decodeBlockPayload(await decompressPayload(verified.codec, payload, verified.rawLen));
   } catch (err) {
     throw new CorruptBlockError(`block does not decode: ${(err as Error).message}`);
+  }
+  checkEvents(events, verified.count);
+  return events;
+}
+
+/**
+ * A block whose checksum holds can still carry what no writer wrote (planted, or
+ * written by a bug): every element must at least be an event object, or the
+ * block is damaged as a whole (its other values are then not trusted either).
+ */
+function checkEvents(events: AmberEvent[], count: number): void {
+  if (events.length !== count) throw new CorruptBlockError(`block holds ${events.length} events, its header says ${count}`);
+  for (let i = 0; i < events.length; i++) {
+    const ev = events[i] as unknown as Record<string, unknown> | null;
+    if (typeof ev !== 'object' || ev === null || Array.isArray(ev) || typeof ev.type !== 'string' || typeof ev.ts !== 'number') {
+      throw new CorruptBlockError(`block element ${i} is not an event`);
+    }
   }
 }

@@ -5,7 +5,7 @@
 import { parseArgs } from 'node:util';
 import { DEFAULT_DATA_DIR, EventBuffer } from '../buffer';
 import { formatTs, nowNs } from '../time';
-import type { BufferStats } from '../buffer';
+import type { BufferStats, VerifyResult } from '../buffer';
 import { EVENT_TYPES } from '../sensor/events';
 import { FILTER_OPTIONS, FILTER_USAGE, filterFromOptions, integerOption, TIME_OPTIONS, TIME_USAGE } from './filter-options';
 import { clean, COLUMNS_HEADER, formatColumns } from './format';
@@ -20,7 +20,9 @@ ${FILTER_USAGE}
   --limit N                   the first N events
 `;
 
-const STATS_USAGE = `usage: amber buffer stats [--data-dir DIR] [-o text|json]
+const STATS_USAGE = `usage: amber buffer stats [--data-dir DIR] [-o text|json] [--verify]
+  --verify: read and check every block (the index alone cannot show damage inside a block);
+            exits 1 when a block is damaged
   data dir default: ${DEFAULT_DATA_DIR}
 `;
 
@@ -77,6 +79,7 @@ export async function bufferStats(argv: string[], out: NodeJS.WritableStream, er
       options: {
         'data-dir': { type: 'string', default: DEFAULT_DATA_DIR },
         output: { type: 'string', short: 'o', default: 'text' },
+        verify: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -87,12 +90,13 @@ export async function bufferStats(argv: string[], out: NodeJS.WritableStream, er
     if (values.output !== 'text' && values.output !== 'json') throw new UsageError(`-o must be text or json, got "${values.output}"`);
     const buffer = await EventBuffer.openReadOnly(values['data-dir'], { log: warnTo(err) });
     try {
+      const verify = values.verify ? await buffer.verify() : undefined;
       const stats = buffer.stats();
-      out.write(values.output === 'json' ? `${JSON.stringify(stats)}\n` : formatStats(stats));
+      out.write(values.output === 'json' ? `${JSON.stringify(verify ? { ...stats, verify } : stats)}\n` : formatStats(stats, verify));
+      return verify && verify.damagedBlocks > 0 ? 1 : 0;
     } finally {
       await buffer.close();
     }
-    return 0;
   });
 }
 
@@ -168,7 +172,7 @@ class LineWriter {
 
 // ---- stats ----
 
-function formatStats(s: BufferStats): string {
+function formatStats(s: BufferStats, verify?: VerifyResult): string {
   const lines: string[] = [];
   const row = (label: string, value: string) => lines.push(`${label.padEnd(10)}  ${value}`);
   row('data dir', `${s.dataDir}${s.readOnly ? ' (read-only)' : ''}`);
@@ -180,6 +184,7 @@ function formatStats(s: BufferStats): string {
   }
   row('per type', EVENT_TYPES.map((t) => `${t} ${s.eventsPerType[t]}`).join(', '));
   if (s.corruptBlocks > 0) row('damaged', `${s.corruptBlocks} damaged block(s) skipped`);
+  if (verify) row('verified', `${verify.blocks} blocks read, ${verify.events} events, ${verify.damagedBlocks} damaged`);
   row('frozen', `${s.frozen.windows.length} window(s), ${formatBytes(s.frozen.bytes)}`);
   for (const w of s.frozen.windows) {
     lines.push(`  ${w.id}  ${formatTs(w.from)} .. ${formatTs(w.to)}  ${w.count} events  ${clean(w.reason)}`);

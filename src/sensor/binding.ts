@@ -41,6 +41,15 @@ export interface NativeBinding {
   /** Event kinds, header flag bits and syscall family bits by their C names (bpf/events.h). */
   wireConstants(): { kinds: Record<string, number>; flags: Record<string, number>; families: Record<string, number> };
   bootToEpochNs(): number;
+  /** The buffer's data-dir primitives (native/src/lock.cc). */
+  files: NativeFiles;
+}
+
+export interface NativeFiles {
+  /** flock(LOCK_EX|LOCK_NB): true when taken, false when another open file holds it. */
+  lock(fd: number): boolean;
+  /** lseek(SEEK_DATA): the first offset >= `offset` holding data, -1 when none. */
+  seekData(fd: number, offset: number): number;
 }
 
 /** build/native/Release/amber_native.node, from src/ or from dist/src/. */

@@ -104,10 +104,11 @@ describe('sensor fidelity on the real kernel', () => {
       'import os, sys',
       'fd = os.open(sys.argv[1], os.O_RDONLY)',
       'os.unlink(sys.argv[1])',
-      'os.execve(fd, ["amber-deleted-marker"], {})',
+      'os.execve(fd, [sys.argv[2]], {})',
     ].join('\n');
-    expect(await run(PYTHON, ['-c', code, bin])).toBe(0);
-    const [e] = await log.waitFor('exec', (e) => e.args[0] === 'amber-deleted-marker');
+    const marker = `amber-deleted-${path.basename(tmp)}`; // unique: other runs on this machine exec their own
+    expect(await run(PYTHON, ['-c', code, bin, marker])).toBe(0);
+    const [e] = await log.waitFor('exec', (e) => e.args[0] === marker);
     expect(e).toMatchObject({ exePath: `${bin} (deleted)`, fileless: true, script: '' });
   });
 
