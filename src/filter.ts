@@ -22,7 +22,7 @@ export interface EventFilter {
   pid?: number;
   /** Exact process name. */
   comm?: string;
-  /** Substring of path / exePath / filename / DNS name / args joined with spaces. */
+  /** Substring of an open's path; an exec's exePath, filename, script or args joined with spaces; a DNS name or answer. */
   match?: string;
 }
 
@@ -93,10 +93,10 @@ function eventText(ev: AmberEvent): string[] {
       texts = [ev.path];
       break;
     case 'exec':
-      texts = [ev.exePath, ev.filename, Array.isArray(ev.args) ? ev.args.join(' ') : undefined];
+      texts = [ev.exePath, ev.filename, ev.script, Array.isArray(ev.args) ? ev.args.join(' ') : undefined];
       break;
     case 'dns':
-      texts = [ev.name];
+      texts = [ev.name, ...(Array.isArray(ev.answers) ? ev.answers.map((a) => a?.data) : [])];
       break;
     default:
       texts = [];

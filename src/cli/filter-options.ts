@@ -26,7 +26,7 @@ export const FILTER_USAGE = `  --container ID              only this container (
   --containers-only           only container processes
   --pid N                     only this process (host pid)
   --comm NAME                 only this command name
-  --match TEXT                text in a path, executable, filename, DNS name or the joined args`;
+  --match TEXT                text in a path, executable, filename, script, DNS name or answer, or the args`;
 
 export const TIME_USAGE = `  --since T, --until T        T: a duration ago (30s, 5m, 1h30m, 2d), now, an RFC 3339 time
                               (2024-05-01T12:00:00Z) or ns since the epoch`;

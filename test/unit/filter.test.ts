@@ -4,9 +4,9 @@ import { compileFilter, type EventFilter, validateFilter } from '../../src/filte
 import { CONTAINER_A, CONTAINER_B, dnsEvent, execEvent, openEvent, T0 } from '../helpers/buffer-events';
 
 const events = [
-  execEvent(T0, { pid: 1, args: ['curl', 'http://x'] }),
+  execEvent(T0, { pid: 1, args: ['/bin/sh', './drop.sh'], script: '/tmp/drop.sh' }),
   openEvent(T0 + 1000, { pid: 2, containerId: '', comm: 'cron', path: '/etc/crontab' }),
-  dnsEvent(T0 + 2000, { pid: 3, containerId: CONTAINER_B, name: 'evil.example' }),
+  dnsEvent(T0 + 2000, { pid: 3, containerId: CONTAINER_B, name: 'evil.example', answers: [{ type: 'TXT', data: '"MZXW6YTBOI======"' }] }),
   openEvent(T0 + 3000, { pid: 4, containerId: CONTAINER_A }),
 ];
 
@@ -21,7 +21,9 @@ describe('compileFilter', () => {
     ['container prefix and containers only', { container: CONTAINER_B.slice(0, 3), scope: 'containers' }, [3]],
     ['pid', { pid: 3 }, [3]],
     ['comm, exact', { comm: 'cro' }, []],
-    ['match in args', { match: 'http://' }, [1]],
+    ['match in args', { match: './drop' }, [1]],
+    ['match in a script path', { match: '/tmp/drop.sh' }, [1]],
+    ['match in a DNS answer', { match: 'MZXW6' }, [3]],
     ['match in a DNS name', { match: 'evil' }, [3]],
     ['match in a path, combined', { match: '/etc/', scope: 'host', types: ['open'] }, [2]],
   ])('%s', (_, filter, pids) => {
