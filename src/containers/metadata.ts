@@ -377,13 +377,17 @@ export class ContainerMetadataStore {
   }
 
   /**
-   * The runtime's pidfile, else the first process in the container's cgroup.
-   * The cgroup appears before the runtime starts the process: poll a while.
+   * The runtime's pidfile; else (no pidfile known, or none written after half
+   * the wait) the first process in the container's cgroup that is no longer
+   * the runtime's own (runc's "runc:[1:CHILD]" passes through the cgroup
+   * before the container's init). The cgroup appears before the runtime
+   * starts the process: poll a while.
    */
   private async waitForInitPid(pidFile: string, cgroupPath: string): Promise<number> {
-    const deadline = performance.now() + this.pidWaitMs;
+    const start = performance.now();
     const procs = path.join(this.cgroupRoot, cgroupPath, 'cgroup.procs');
     for (;;) {
+      const waited = performance.now() - start;
       if (pidFile !== '') {
         try {
           const pid = Number((await readBoundedFile(pidFile, MAX_SMALL)).trim());
@@ -392,33 +396,61 @@ export class ContainerMetadataStore {
           // not written yet
         }
       }
-      try {
-        const first = Number((await readBoundedFile(procs, 1 << 20)).split('\n')[0]);
-        if (Number.isSafeInteger(first) && first > 0) return first;
-      } catch {
-        // the cgroup is gone or not populated yet
+      if (pidFile === '' || waited >= this.pidWaitMs / 2) {
+        const pid = await this.firstContainerProcess(procs);
+        if (pid > 0) return pid;
       }
-      if (this.closed || performance.now() >= deadline) throw new Error(`no process found within ${this.pidWaitMs} ms`);
+      if (this.closed || waited >= this.pidWaitMs) throw new Error(`no process found within ${this.pidWaitMs} ms`);
       await sleep(PID_POLL_MS);
     }
   }
 
-  private async askCri(md: ContainerMetadata): Promise<void> {
-    const errors: string[] = [];
-    for (const client of await this.criClientsNow()) {
+  private async firstContainerProcess(procsFile: string): Promise<number> {
+    let pids: number[];
+    try {
+      pids = (await readBoundedFile(procsFile, 1 << 20)).split('\n').filter((l) => l !== '').map(Number);
+    } catch {
+      return 0; // the cgroup is gone, or not populated yet
+    }
+    for (const pid of pids) {
+      if (!Number.isSafeInteger(pid) || pid <= 0) continue;
       try {
-        const c = await withTimeout(client.container(md.containerId), this.callTimeoutMs * 3, `CRI ${client.socket}`);
-        if (c === null) continue;
-        if (c.name !== '') md.name = c.name;
-        if (c.image !== '') md.image = c.image;
-        if (c.imageRef !== '') md.imageId = c.imageRef;
-        if (c.pod !== null) md.pod = c.pod;
-        return;
-      } catch (err) {
-        errors.push(`${client.socket}: ${message(err)}`);
+        const comm = await readBoundedFile(path.join(this.procRoot, String(pid), 'comm'), MAX_SMALL);
+        if (!comm.startsWith('runc:')) return pid;
+      } catch {
+        // exited meanwhile
       }
     }
-    if (errors.length > 0) throw new Error(errors.join('; '));
+    return 0;
+  }
+
+  /**
+   * The CRI's view of the container and its pod. A sandbox's own container
+   * starts before containerd's CRI lists the sandbox: one no runtime knows yet
+   * is asked again for up to pidWaitMs.
+   */
+  private async askCri(md: ContainerMetadata): Promise<void> {
+    const deadline = performance.now() + this.pidWaitMs;
+    for (;;) {
+      const errors: string[] = [];
+      for (const client of await this.criClientsNow()) {
+        try {
+          const c = await withTimeout(client.container(md.containerId), this.callTimeoutMs * 3, `CRI ${client.socket}`);
+          if (c === null) continue;
+          if (c.name !== '') md.name = c.name;
+          if (c.image !== '') md.image = c.image;
+          if (c.imageRef !== '') md.imageId = c.imageRef;
+          if (c.pod !== null) md.pod = c.pod;
+          return;
+        } catch (err) {
+          errors.push(`${client.socket}: ${message(err)}`);
+        }
+      }
+      // a runtime that fails (or hangs) is not asked again: its deadline was the budget
+      if (errors.length > 0) throw new Error(errors.join('; '));
+      if (this.closed || performance.now() >= deadline) throw new Error('no CRI runtime knows this container');
+      await sleep(PID_POLL_MS * 2);
+    }
   }
 
   /** Clients of the CRI sockets that exist now (a runtime started after the agent is found at its first container). */

@@ -31,7 +31,8 @@ function write(file: string, text: string): void {
 }
 
 /** A process in the private /proc with its mountinfo and stat. */
-function fakeProcess(pid: number, mountinfo: string): void {
+function fakeProcess(pid: number, mountinfo: string, comm = 'sleep'): void {
+  write(path.join(tmp, 'proc', String(pid), 'comm'), comm + '\n');
   write(path.join(tmp, 'proc', String(pid), 'mountinfo'), mountinfo);
   write(path.join(tmp, 'proc', String(pid), 'stat'), `${pid} (sleep) S 1 ${pid} ${pid} 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 250 0 0`);
 }
@@ -133,14 +134,15 @@ describe('container metadata', () => {
     expect(store.stats()).toEqual({ entries: 2, pending: 0, dropped: 0 });
   });
 
-  it('finds the init pid in cgroup.procs when the runtime keeps no pidfile, once the process has joined', async () => {
+  it("finds the init pid in cgroup.procs when the runtime keeps no pidfile, once the process has joined, skipping runc's own", async () => {
     const cgroupPath = `/default/${CTR_ID}`;
     const procs = path.join(tmp, 'cgroup', cgroupPath, 'cgroup.procs');
     write(procs, '');
+    fakeProcess(776, '', 'runc:[1:CHILD]');
     fakeProcess(777, ROOT_LINE + '\n');
     store = new ContainerMetadataStore({ ...opts, pidWaitMs: 2000 });
     store.onContainer({ containerId: CTR_ID, runtime: 'containerd', podUid: '', cgroupPath });
-    setTimeout(() => fs.writeFileSync(procs, '777\n778\n'), 150);
+    setTimeout(() => fs.writeFileSync(procs, '776\n777\n778\n'), 150);
     const md = await store.lookup(CTR_ID);
     expect(md).toMatchObject({ initPid: 777, overlay: { upperdir: '/s/d x/diff' }, name: '', image: '' });
     expect(md?.errors).toEqual([]);
