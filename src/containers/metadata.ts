@@ -25,6 +25,7 @@ import type { ContainerInfo } from './resolver';
 import { CriClient, DEFAULT_CRI_SOCKETS, type PodMetadata } from './cri';
 import { ContainerdClient } from './metadata-containerd';
 import { readBoundedFile, readJsonIfExists, withTimeout } from './metadata-files';
+import type { MetadataDir } from './metadata-dir';
 import { parseOverlayRoot, type OverlayRoot } from './metadata-mountinfo';
 
 export type { OverlayRoot } from './metadata-mountinfo';
@@ -69,6 +70,8 @@ export interface MetadataOptions {
   /** Lookups running at once; more wait in a queue of at most maxEntries. */
   maxConcurrent?: number;
   log?: (obj: object, msg: string) => void;
+  /** Where each container's metadata is written once learned and again when it goes (the data dir's containers/). */
+  dir?: MetadataDir;
 }
 
 export const DEFAULT_METADATA = {
@@ -142,6 +145,9 @@ export class ContainerMetadataStore {
   private readonly maxEntries: number;
   private readonly maxConcurrent: number;
   private readonly log: (obj: object, msg: string) => void;
+  private readonly dir: MetadataDir | undefined;
+  /** Writes in order, so a container's last state is its file's. */
+  private writing: Promise<void> = Promise.resolve();
 
   private readonly entries = new Map<string, ContainerMetadata>();
   private readonly pending = new Map<string, Promise<ContainerMetadata>>();
@@ -163,6 +169,7 @@ export class ContainerMetadataStore {
     this.maxEntries = Math.max(1, options.maxEntries ?? DEFAULT_METADATA.maxEntries);
     this.maxConcurrent = Math.max(1, options.maxConcurrent ?? DEFAULT_METADATA.maxConcurrent);
     this.log = options.log ?? (() => {});
+    this.dir = options.dir;
   }
 
   /** The resolver's onContainer: learn a container once, in the background. */
@@ -176,6 +183,7 @@ export class ContainerMetadataStore {
       (md) => {
         this.pending.delete(info.containerId);
         this.store(md);
+        this.persist(md);
         return md;
       },
       (err: unknown) => {
@@ -190,7 +198,15 @@ export class ContainerMetadataStore {
   /** The resolver's onContainerGone: the container's cgroup was removed; its metadata stays (bounded). */
   onContainerGone(containerId: string): void {
     const md = this.entries.get(containerId);
-    if (md !== undefined && md.removedAt === '') md.removedAt = new Date().toISOString();
+    if (md !== undefined && md.removedAt === '') {
+      md.removedAt = new Date().toISOString();
+      this.persist(md);
+    }
+  }
+
+  /** Resolves when every file write queued so far is done. */
+  flush(): Promise<void> {
+    return this.writing;
   }
 
   /** What is known now (undefined while it is being learned or never was). */
@@ -214,6 +230,14 @@ export class ContainerMetadataStore {
     this.closed = true;
     for (const c of this.criClients.values()) c.close();
     this.containerdClient?.close();
+  }
+
+  private persist(md: ContainerMetadata): void {
+    const dir = this.dir;
+    if (dir === undefined) return;
+    this.writing = this.writing
+      .then(() => dir.write(md))
+      .catch((err: unknown) => this.log({ err, containerId: md.containerId }, 'container metadata: cannot write its file'));
   }
 
   private store(md: ContainerMetadata): void {

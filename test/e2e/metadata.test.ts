@@ -5,10 +5,14 @@
  * records. containerd is a private one started here. Needs root.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ContainerMetadataStore, type ContainerMetadata } from '../../src/containers/metadata';
 import { CriClient } from '../../src/containers/cri';
+import { MetadataDir, withMetadata } from '../../src/containers/metadata-dir';
 import { Sensor } from '../../src/sensor/sensor';
 import {
   CriDriver,
@@ -51,6 +55,7 @@ describe('container metadata on real runtimes', () => {
   const cleanups: Array<() => Promise<void>> = [];
   const cgroupParent = `/amber-e2e-${process.pid}`;
   const t0 = Date.now();
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-md-data-'));
 
   beforeAll(async () => {
     cd = await startContainerd();
@@ -58,6 +63,7 @@ describe('container metadata on real runtimes', () => {
       cgroupRoot: CGROUP_ROOT,
       containerd: { socket: cd.socket, stateDir: cd.stateDir },
       criSockets: [cd.socket],
+      dir: await MetadataDir.open(dataDir, { create: true }),
     });
     sensor = await Sensor.start({ types: ['exec'], containers: store }, log.push);
   });
@@ -70,6 +76,7 @@ describe('container metadata on real runtimes', () => {
     await cd?.stop();
     removeCgroupParents(cgroupParent);
     removeSavedImages();
+    fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
   it('podman: runtime, name, image and image ID, init pid, start time and overlay root', async () => {
@@ -170,5 +177,23 @@ describe('container metadata on real runtimes', () => {
     await new Promise((r) => setTimeout(r, 500));
     expect(store!.get(containerId)).toMatchObject({ name: 'nginx', pod });
     expect(store!.get(containerId)?.removedAt).not.toBe('');
+
+    // a copy of the data dir, queried offline, joins the same to the container's events
+    await store!.flush();
+    const copy = path.join(dataDir, 'copy');
+    fs.mkdirSync(copy);
+    execFileSync('cp', ['-a', path.join(dataDir, 'containers'), copy]);
+    const { byId, errors } = await (await MetadataDir.open(copy)).readAll();
+    expect(errors).toEqual([]);
+    expect(withMetadata(exec, (id) => byId.get(id))).toMatchObject({
+      containerId,
+      comm: 'sleep',
+      runtime: 'containerd',
+      container: 'nginx',
+      image,
+      pod: spec.name,
+      namespace: 'amber-e2e',
+    });
+    expect(byId.get(containerId)?.pod?.labels).toEqual(spec.labels);
   });
 });
