@@ -14,7 +14,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { z } from 'zod';
 import type { ContainerMetadata } from './metadata';
-import { readBoundedFile } from './metadata-files';
+import { readJsonIfExists } from './metadata-files';
 
 export const CONTAINERS_DIR = 'containers';
 const ID = /^[0-9a-f]{64}$/;
@@ -82,19 +82,8 @@ export class MetadataDir {
   async read(containerId: string): Promise<ContainerMetadata | undefined> {
     if (!ID.test(containerId)) return undefined;
     const file = path.join(this.dir, `${containerId}.json`);
-    let text: string;
-    try {
-      text = await readBoundedFile(file, MAX_FILE_BYTES);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
-    }
-    let json: unknown;
-    try {
-      json = JSON.parse(text);
-    } catch (err) {
-      throw new Error(`${file}: not JSON: ${(err as Error).message}`);
-    }
+    const json = await readJsonIfExists(file, MAX_FILE_BYTES);
+    if (json === undefined) return undefined;
     const parsed = metadataSchema.safeParse(json);
     if (!parsed.success) throw new Error(`${file}: not container metadata: ${parsed.error.issues[0]?.message ?? ''} at ${parsed.error.issues[0]?.path.join('.') ?? ''}`);
     if (parsed.data.containerId !== containerId) throw new Error(`${file} holds the metadata of ${parsed.data.containerId}`);

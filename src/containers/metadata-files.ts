@@ -44,7 +44,7 @@ export async function readBoundedFile(file: string, maxBytes: number): Promise<s
   }
 }
 
-/** Like readBoundedFile, parsed as JSON; undefined when the file is absent. */
+/** Like readBoundedFile, parsed as JSON; undefined when the file is absent; an error naming the file when it is not JSON. */
 export async function readJsonIfExists(file: string, maxBytes: number): Promise<unknown> {
   let text: string;
   try {
@@ -53,7 +53,11 @@ export async function readJsonIfExists(file: string, maxBytes: number): Promise<
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw err;
   }
-  return JSON.parse(text) as unknown;
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    throw new Error(`${file}: not JSON: ${(err as Error).message}`);
+  }
 }
 
 /** Rejects after ms unless the promise settles first; the timer never keeps the process alive. */
