@@ -26,7 +26,8 @@ export interface CriContainer {
   /** "" for a sandbox container. */
   name: string;
   image: string;
-  imageRef: string;
+  /** The image's ID where the runtime fills Container.image_id (newer CRIs), else its image_ref. */
+  imageId: string;
   pod: PodMetadata | null;
 }
 
@@ -80,6 +81,7 @@ interface WireContainer {
   metadata: { name: string } | null;
   image: { image: string } | null;
   imageRef: string;
+  imageId: string;
   labels: Record<string, string>;
 }
 
@@ -133,13 +135,13 @@ export class CriClient {
         podSandboxId: found.podSandboxId,
         name: found.metadata?.name ?? '',
         image: found.image?.image ?? '',
-        imageRef: found.imageRef,
+        imageId: found.imageId || found.imageRef,
         pod: found.podSandboxId ? await this.pod(found.podSandboxId) : null,
       };
     }
     // a sandbox's own (pause) container is no CRI container
     const pod = await this.pod(containerId);
-    return pod ? { podSandboxId: containerId, name: '', image: '', imageRef: '', pod } : null;
+    return pod ? { podSandboxId: containerId, name: '', image: '', imageId: '', pod } : null;
   }
 
   close(): void {

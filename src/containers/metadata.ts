@@ -120,18 +120,32 @@ function stringMap(v: unknown): Record<string, string> {
   return out;
 }
 
+/** The CRI's runtime_name as Amber names runtimes. */
+function runtimeOf(runtimeName: string): ContainerRuntime {
+  if (runtimeName === 'containerd') return 'containerd';
+  if (runtimeName === 'cri-o') return 'cri-o';
+  if (runtimeName === 'docker' || runtimeName === 'cri-dockerd') return 'docker';
+  return 'unknown';
+}
+
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
 
-/** The start time of a process from /proc/<pid>/stat and the boot time in /proc/stat, as epoch ms. */
-export function processStartMs(statText: string, procStatText: string): number {
+/**
+ * The start time of a process as epoch ms, from /proc/<pid>/stat (ticks since
+ * boot) and /proc/uptime read at nowMs (seconds since boot, to 10 ms; /proc/stat's
+ * btime is whole seconds, too coarse). Both count CLOCK_BOOTTIME.
+ */
+export function processStartMs(statText: string, uptimeText: string, nowMs: number): number {
   // comm (field 2) may hold spaces and ')': fields after it start at the last ')'
   const close = statText.lastIndexOf(')');
   if (close < 0) throw new Error('no comm field in /proc/<pid>/stat');
   const fields = statText.slice(close + 2).split(' ');
   const startTicks = Number(fields[19]); // field 22 overall
-  const btime = /^btime (\d+)$/m.exec(procStatText);
-  if (!Number.isSafeInteger(startTicks) || btime === null) throw new Error('no start time in /proc/<pid>/stat or btime in /proc/stat');
-  return Number(btime[1]) * 1000 + (startTicks * 1000) / CLOCK_TICKS_PER_SECOND;
+  const uptime = Number(uptimeText.split(' ')[0]);
+  if (!Number.isSafeInteger(startTicks) || !Number.isFinite(uptime) || uptimeText.trim() === '') {
+    throw new Error('no start time in /proc/<pid>/stat or uptime in /proc/uptime');
+  }
+  return Math.round(nowMs - uptime * 1000 + (startTicks * 1000) / CLOCK_TICKS_PER_SECOND);
 }
 
 export class ContainerMetadataStore {
@@ -311,11 +325,9 @@ export class ContainerMetadataStore {
         md.overlay = parseOverlayRoot(await readBoundedFile(path.join(proc, 'mountinfo'), MAX_MOUNTINFO));
       });
       await step('start time', async () => {
-        const [stat, procStat] = await Promise.all([
-          readBoundedFile(path.join(proc, 'stat'), MAX_SMALL),
-          readBoundedFile(path.join(this.procRoot, 'stat'), 1 << 20),
-        ]);
-        md.startedAt = new Date(processStartMs(stat, procStat)).toISOString();
+        const stat = await readBoundedFile(path.join(proc, 'stat'), MAX_SMALL);
+        const uptime = await readBoundedFile(path.join(this.procRoot, 'uptime'), MAX_SMALL);
+        md.startedAt = new Date(processStartMs(stat, uptime, Date.now())).toISOString();
       });
     }
 
@@ -463,8 +475,10 @@ export class ContainerMetadataStore {
           if (c === null) continue;
           if (c.name !== '') md.name = c.name;
           if (c.image !== '') md.image = c.image;
-          if (c.imageRef !== '') md.imageId = c.imageRef;
+          if (c.imageId !== '') md.imageId = c.imageId;
           if (c.pod !== null) md.pod = c.pod;
+          // kubelet's cgroupfs layout does not say which runtime made the container: the CRI does
+          if (md.runtime === 'unknown') md.runtime = runtimeOf((await client.version()).runtimeName);
           return;
         } catch (err) {
           errors.push(`${client.socket}: ${message(err)}`);

@@ -44,14 +44,18 @@ describe('bounded reads of state files', () => {
     expect(await withTimeout(Promise.resolve(7), 20, 'x')).toBe(7);
   });
 
-  it('computes a process start time from /proc/<pid>/stat, with spaces and ")" in comm', () => {
+  it('computes a process start time from /proc/<pid>/stat and /proc/uptime, with spaces and ")" in comm', () => {
     const stat = '77 (a) b) S 1 77 77 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 12345 0 0';
-    expect(processStartMs(stat, 'cpu 1 2\nbtime 1700000000\n')).toBe(1700000000 * 1000 + 123450);
-    expect(() => processStartMs('77 a S', 'btime 1')).toThrow('no comm field');
-    expect(() => processStartMs(stat, 'cpu 1')).toThrow('no start time');
-    // this process: started before now, after boot
-    const self = processStartMs(fs.readFileSync('/proc/self/stat', 'utf8'), fs.readFileSync('/proc/stat', 'utf8'));
-    expect(self).toBeLessThanOrEqual(Date.now() + 10);
-    expect(Date.now() - self).toBeLessThan(10 * 60_000);
+    // booted 1000.25 s before now; started 123.45 s after boot
+    expect(processStartMs(stat, '1000.25 1900.50\n', 1_700_000_000_000)).toBe(1_700_000_000_000 - 1_000_250 + 123_450);
+    expect(() => processStartMs('77 a S', '1.0 1.0', 0)).toThrow('no comm field');
+    expect(() => processStartMs(stat, '', 0)).toThrow('no start time');
+    expect(() => processStartMs(stat, 'x y', 0)).toThrow('no start time');
+    // this process: started before now, after boot, within the test run
+    const now = Date.now();
+    const self = processStartMs(fs.readFileSync('/proc/self/stat', 'utf8'), fs.readFileSync('/proc/uptime', 'utf8'), now);
+    expect(self).toBeLessThanOrEqual(now + 20);
+    expect(now - self).toBeLessThan(10 * 60_000);
   });
+
 });

@@ -61,7 +61,7 @@ function writePodmanState(): void {
 
 beforeEach(() => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-metadata-'));
-  write(path.join(tmp, 'proc/stat'), 'cpu 1 2 3\nbtime 1700000000\n');
+  write(path.join(tmp, 'proc/uptime'), '1000.00 1500.00\n');
   fs.mkdirSync(path.join(tmp, 'cgroup'));
   opts = {
     cgroupRoot: path.join(tmp, 'cgroup'),
@@ -88,13 +88,19 @@ describe('container metadata', () => {
     store = new ContainerMetadataStore(opts);
     store.onContainer(podmanInfo());
     expect(store.get(PODMAN_ID)).toBeUndefined(); // learned in the background
-    expect(await store.lookup(PODMAN_ID)).toEqual({
+    const before = Date.now();
+    const md = await store.lookup(PODMAN_ID);
+    const after = Date.now();
+    // booted 1000 s before the lookup, started 2.5 s after boot
+    expect(Date.parse(md!.startedAt)).toBeGreaterThanOrEqual(before - 1_000_000 + 2500);
+    expect(Date.parse(md!.startedAt)).toBeLessThanOrEqual(after - 1_000_000 + 2500);
+    expect(md).toEqual({
       containerId: PODMAN_ID,
       runtime: 'podman',
       name: 'web-1',
       image: 'localhost/web:2',
       imageId: 'f'.repeat(64),
-      startedAt: new Date(1700000000 * 1000 + 2500).toISOString(),
+      startedAt: md!.startedAt,
       initPid: 4242,
       overlay: { upperdir: '/s/d x/diff', lowerdirs: ['/s/l/A', '/s/l/B'], workdir: '/s/d x/work' },
       pod: null,
