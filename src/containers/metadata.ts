@@ -89,6 +89,7 @@ const MAX_CONFIG_JSON = 4 << 20;
 const MAX_SMALL = 4096;
 const MAX_MOUNTINFO = 4 << 20;
 const MAX_NAMESPACES = 64;
+const PODMAN_LIST_TTL_MS = 2000;
 const PID_POLL_MS = 50;
 // USER_HZ: 100 on every Linux architecture Amber runs on
 const CLOCK_TICKS_PER_SECOND = 100;
@@ -170,6 +171,7 @@ export class ContainerMetadataStore {
   private dropped = 0;
   private closed = false;
   private readonly criClients = new Map<string, CriClient>();
+  private podmanList: { list: unknown[]; readAt: number } | undefined;
   private containerdClient: ContainerdClient | undefined;
 
   constructor(options: MetadataOptions) {
@@ -366,10 +368,23 @@ export class ContainerMetadataStore {
     return md;
   }
 
+  /**
+   * containers.json lists every container of the host: at start-up, when all
+   * running containers are learned at once, one parse serves them all; a
+   * container not in the cached list (a new one) makes a fresh read.
+   */
   private async readPodmanState(md: ContainerMetadata): Promise<void> {
-    const list = await readJsonIfExists(path.join(this.podman.graphRoot, 'overlay-containers/containers.json'), MAX_STATE_JSON);
-    if (!Array.isArray(list)) return;
-    const entry: unknown = list.find((c) => isRecord(c) && c.id === md.containerId);
+    const find = (list: unknown[]): unknown => list.find((c) => isRecord(c) && c.id === md.containerId);
+    let entry: unknown;
+    const cached = this.podmanList;
+    if (cached !== undefined && performance.now() - cached.readAt < PODMAN_LIST_TTL_MS) entry = find(cached.list);
+    if (entry === undefined) {
+      const readAt = performance.now();
+      const list = await readJsonIfExists(path.join(this.podman.graphRoot, 'overlay-containers/containers.json'), MAX_STATE_JSON);
+      if (!Array.isArray(list)) return;
+      this.podmanList = { list, readAt };
+      entry = find(list);
+    }
     if (!isRecord(entry)) return;
     const names = Array.isArray(entry.names) ? entry.names : [];
     md.name = str(names[0]);

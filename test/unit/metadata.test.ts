@@ -107,6 +107,14 @@ describe('container metadata', () => {
       removedAt: '',
       errors: [],
     });
+    // a container created after the list was read (and cached) makes a fresh read
+    const later = '9'.repeat(64);
+    const listFile = path.join(tmp, 'graph/overlay-containers/containers.json');
+    write(listFile, JSON.stringify([...JSON.parse(fs.readFileSync(listFile, 'utf8')), { id: later, names: ['web-2'] }]));
+    write(path.join(tmp, 'run', 'overlay-containers', later, 'userdata/pidfile'), '4242');
+    store.onContainer({ ...podmanInfo(), containerId: later });
+    expect((await store.lookup(later))?.name).toBe('web-2');
+
     store.onContainerGone(PODMAN_ID);
     expect(store.get(PODMAN_ID)?.removedAt).not.toBe('');
     expect(store.get(PODMAN_ID)?.name).toBe('web-1'); // kept after it is gone
