@@ -40,9 +40,9 @@ export function protoPath(file: string): string {
 
 const LOADER_OPTIONS: protoLoader.Options = { keepCase: false, longs: String, enums: String, defaults: true, oneofs: false };
 
-/** A service constructor from one of Amber's .proto files ("runtime.v1.RuntimeService"). */
+/** A service constructor ("runtime.v1.RuntimeService") from one of Amber's .proto files, or one at an absolute path. */
 export function loadService(file: string, service: string): grpc.ServiceClientConstructor {
-  const definition = protoLoader.loadSync(protoPath(file), LOADER_OPTIONS);
+  const definition = protoLoader.loadSync(path.isAbsolute(file) ? file : protoPath(file), LOADER_OPTIONS);
   const loaded = grpc.loadPackageDefinition(definition);
   let node: unknown = loaded;
   for (const part of service.split('.')) node = (node as Record<string, unknown>)[part];

@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
+import { loadService, unaryCall, unixTarget } from '../../src/containers/cri';
 import { ensureTestImage, podman, TEST_IMAGE } from './podman';
 
 const run = promisify(execFile);
@@ -213,16 +213,13 @@ export class CriDriver {
   private readonly containers: string[] = [];
 
   constructor(socket: string) {
-    const definition = protoLoader.loadSync(path.join(__dirname, 'cri-test.proto'), { keepCase: false, longs: String, enums: String, defaults: true });
-    const pkg = grpc.loadPackageDefinition(definition) as unknown as { runtime: { v1: { RuntimeService: grpc.ServiceClientConstructor } } };
-    this.client = new pkg.runtime.v1.RuntimeService(`unix://${socket}`, grpc.credentials.createInsecure());
+    const Service = loadService(path.join(__dirname, 'cri-test.proto'), 'runtime.v1.RuntimeService');
+    this.client = new Service(unixTarget(socket), grpc.credentials.createInsecure());
   }
 
-  private call<T>(method: string, request: object, timeoutMs = 60_000): Promise<T> {
-    return new Promise((resolve, reject) => {
-      const fn = (this.client as unknown as Record<string, Function>)[method];
-      fn.call(this.client, request, { deadline: Date.now() + timeoutMs }, (err: Error | null, res: T) => (err ? reject(err) : resolve(res)));
-    });
+  /** Images are local, but starting a sandbox on a loaded machine still takes seconds. */
+  private call<T>(method: string, request: object): Promise<T> {
+    return unaryCall<T>(this.client, method, request, 60_000);
   }
 
   static sandboxConfig(spec: PodSpec): object {
