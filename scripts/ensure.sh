@@ -2,7 +2,7 @@
 # Brings a fresh machine to where `npm start` and `npm test` can run:
 # system packages (apt-get), node modules, the BPF objects + native addon, the TypeScript.
 #   scripts/ensure.sh              what the agent needs
-#   scripts/ensure.sh --test       plus what the tests need (podman, runc, busybox-static, ...)
+#   scripts/ensure.sh --test       plus what the tests need (podman, runc, busybox-static, containerd, ...)
 #   scripts/ensure.sh --bench      plus the peers the benchmarks compare against (bpftrace)
 #   scripts/ensure.sh --build-only only build (npm's prepare step)
 set -euo pipefail
@@ -32,6 +32,7 @@ if [[ $mode == --test || $mode == --bench ]]; then
     [util-linux]=/usr/bin/nsenter
     [uidmap]=/usr/bin/newuidmap
     [slirp4netns]=/usr/bin/slirp4netns
+    [containerd]=/usr/bin/containerd
   )
 fi
 if [[ $mode == --bench ]]; then

@@ -38,6 +38,10 @@ export interface ContainerResolverOptions {
   log?: (obj: object, msg: string) => void;
   /** Monotonic milliseconds; tests replace it to move time. */
   now?: () => number;
+  /** Called once when a container is first seen (container metadata learns it then). Must not throw or block. */
+  onContainer?: (info: ContainerInfo) => void;
+  /** Called when a container's own cgroup is removed. */
+  onContainerGone?: (containerId: string) => void;
 }
 
 /** Removed cgroups stay known this long: their events may still be in flight. */
@@ -93,6 +97,8 @@ export class ContainerResolver {
   private readonly maxEntries: number;
   private readonly log: (obj: object, msg: string) => void;
   private readonly now: () => number;
+  private readonly onContainer: (info: ContainerInfo) => void;
+  private readonly onContainerGone: (containerId: string) => void;
 
   private readonly entries = new Map<number, CgroupEntry>();
   private readonly byMntns = new Map<number, MntnsEntry>();
@@ -122,6 +128,8 @@ export class ContainerResolver {
     this.maxEntries = Math.max(1, options.maxEntries ?? 65536);
     this.log = options.log ?? (() => {});
     this.now = options.now ?? (() => performance.now());
+    this.onContainer = options.onContainer ?? (() => {});
+    this.onContainerGone = options.onContainerGone ?? (() => {});
   }
 
   /** Learns the host's mount namespace and every cgroup that exists now. Rejects when the root cannot be read. */
@@ -155,6 +163,9 @@ export class ContainerResolver {
       entry.removedAt = now;
       this.store(id, entry);
       this.removals.push({ id, removedAt: now });
+      if (entry.containerId !== '' && this.infos.get(entry.containerId)?.cgroupPath === entry.path) {
+        this.onContainerGone(entry.containerId);
+      }
     } else {
       this.store(id, this.newEntry(normalized, now));
     }
@@ -219,8 +230,11 @@ export class ContainerResolver {
 
   private rememberInfo(match: CgroupPathMatch): void {
     const { containerId, runtime, podUid, cgroupPath } = match;
-    setRecent(this.infos, containerId, { containerId, runtime, podUid, cgroupPath });
+    const isNew = this.infos.get(containerId)?.cgroupPath !== cgroupPath;
+    const info = { containerId, runtime, podUid, cgroupPath };
+    setRecent(this.infos, containerId, info);
     this.evictOldest(this.infos);
+    if (isNew) this.onContainer(info);
   }
 
   private store(id: number, entry: CgroupEntry): void {

@@ -3,7 +3,7 @@
  * ring reader hands over, names containers and pairs DNS queries with their
  * responses. Consumers get arrays of events, never one call per event.
  */
-import { ContainerResolver } from '../containers/resolver';
+import { ContainerResolver, type ContainerInfo } from '../containers/resolver';
 import { loadBinding, type NativeSensor } from './binding';
 import { DnsTracker, parseDnsMessage } from './dns';
 import { EVENT_TYPES, type AmberEvent, type DnsEvent, type EventType } from './events';
@@ -34,6 +34,8 @@ export interface SensorOptions {
   /** cgroup v2 root; found (or mounted) when not given. */
   cgroupRoot?: string;
   log?: (obj: object, msg: string) => void;
+  /** Told of each container when first seen and when its cgroup goes (container metadata hooks in here). */
+  containers?: { onContainer(info: ContainerInfo): void; onContainerGone(containerId: string): void };
 }
 
 export interface SensorStats {
@@ -112,7 +114,12 @@ export class Sensor {
     const types = new Set(options.types ?? EVENT_TYPES);
     const host = preflight({ needCgroupSkb: types.has('dns'), cgroupRoot: options.cgroupRoot });
     const binding = loadBinding();
-    const resolver = new ContainerResolver({ cgroupRoot: host.cgroupRoot, log: options.log });
+    const resolver = new ContainerResolver({
+      cgroupRoot: host.cgroupRoot,
+      log: options.log,
+      onContainer: options.containers && ((info) => options.containers!.onContainer(info)),
+      onContainerGone: options.containers && ((id) => options.containers!.onContainerGone(id)),
+    });
     await resolver.init();
     const dnsTimeoutNs = (options.dnsTimeoutMs ?? DEFAULT_SENSOR.dnsTimeoutMs) * 1e6;
     const dns = new DnsTracker({ timeoutNs: dnsTimeoutNs });
