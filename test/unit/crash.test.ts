@@ -41,14 +41,22 @@ function assertBuildIsFresh(): void {
   }
 }
 
-/** Runs the writer until SIGKILL after `delayMs`; resolves once the process is gone (and reaped). */
+/**
+ * Runs the writer until SIGKILL `delayMs` after it has opened (recovered) the
+ * buffer and started appending: counted from then, not from the spawn, so a
+ * slow start on a loaded machine does not eat the time it appends in.
+ * Resolves once the process is gone (and reaped).
+ */
 function runAndKill(dataDir: string, delayMs: number): Promise<string> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [writerScript, dataDir], { stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
-    child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+    let timer: NodeJS.Timeout | undefined;
+    child.stdout.on('data', (d: Buffer) => {
+      output += d.toString();
+      if (!timer && output.includes('\n')) timer = setTimeout(() => child.kill('SIGKILL'), delayMs);
+    });
     child.stderr.on('data', (d: Buffer) => (output += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), delayMs);
     child.on('error', reject);
     child.on('exit', (code, signal) => {
       clearTimeout(timer);
