@@ -107,7 +107,8 @@ static __always_inline void header_fill_ids(struct amber_header *h, __u8 kind)
  * calls they make: from_kuid, strscpy_pad, ...) were a third of its cost on a
  * CPU whose returns go through a mitigation thunk. The values are the
  * helpers': uid/gid are the init namespace's (kuid.val), the cgroup is the v2
- * one (dfl_cgrp), comm is zero-padded by the kernel's set_task_comm.
+ * one (dfl_cgrp), comm is zero-padded by the kernel's set_task_comm and cut
+ * at 15 bytes like the helper's.
  */
 static __always_inline void header_fill_task(struct amber_header *h, __u8 kind, struct task_struct *task)
 {
@@ -123,8 +124,13 @@ static __always_inline void header_fill_task(struct amber_header *h, __u8 kind, 
 	h->uid = cred->uid.val;
 	h->gid = cred->gid.val;
 	h->cgroup_id = task->cgroups->dfl_cgrp->kn->id;
-	dst[0] = comm[0];
-	dst[1] = comm[1];
+	if (bpf_core_field_exists(task->comm)) {
+		dst[0] = comm[0];
+		/* byte 15 is the NUL on every kernel; kept so if comm ever grows (little-endian) */
+		dst[1] = comm[1] & 0x00ffffffffffffffULL;
+	} else {
+		bpf_get_current_comm(h->comm, sizeof(h->comm)); /* a kernel that renamed the field */
+	}
 	h->ppid = task->real_parent->tgid;
 	h->mntns = task->nsproxy->mnt_ns->ns.inum;
 	h->netns = task->nsproxy->net_ns->ns.inum;
