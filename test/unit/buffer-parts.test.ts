@@ -118,8 +118,8 @@ describe('QueryEngine', () => {
     const snapshot = s.snapshot();
     expect(decodeBlockPayload(snapshot.open!)).toHaveLength(5);
     const engine = new QueryEngine(new DamageLog(() => {}));
-    expect(await allBatches(engine.batches(snapshot, {}))).toEqual([...early, ...late]);
-    expect(await allBatches(engine.batches(snapshot, { since: late[0].ts }))).toEqual(late);
+    expect(await allBatches(engine.batches(() => snapshot, {}))).toEqual([...early, ...late]);
+    expect(await allBatches(engine.batches(() => snapshot, { since: late[0].ts }))).toEqual(late);
   });
 
   it('verify reads every block and counts the damaged ones', async () => {
@@ -154,6 +154,21 @@ describe('live queries', () => {
     expect(segments).toHaveLength(1);
     const scan = await scanSegment(path.join(tmp.dir, 'segments', segments[0]));
     expect(scan.blocks.map((b) => b.count)).toEqual([200]);
+  });
+
+  it('see each event once when its block is written between the query call and the first read', async () => {
+    const tmp = await tempDir();
+    cleanups.push(tmp.cleanup);
+    const buffer = await EventBuffer.open({ dataDir: tmp.dir, ...KEEP_OLD, flushIntervalMs: 60_000 });
+    const first = sequenceEvents(0, 50);
+    buffer.append(first);
+    await buffer.flush(); // a segment being written
+    const events = sequenceEvents(50, 50);
+    buffer.append(events);
+    const it = buffer.query();
+    await buffer.flush(); // the open block goes into that segment before the query reads anything
+    expect(await collect(it)).toEqual([...first, ...events]);
+    await buffer.close();
   });
 });
 
