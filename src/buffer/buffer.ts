@@ -183,13 +183,13 @@ export class EventBuffer {
    */
   query(filter: QueryFilter = {}): AsyncIterableIterator<AmberEvent> {
     validateFilter(filter);
-    return eventsOf(this.engine.batches(this.store.snapshot(), filter));
+    return eventsOf(this.engine.batches(() => this.store.snapshot(), filter));
   }
 
   /** The same events as query(), in time-ordered batches: much cheaper per event for bulk readers (exports, CLI). */
   queryBatches(filter: QueryFilter = {}): AsyncGenerator<AmberEvent[]> {
     validateFilter(filter);
-    return this.engine.batches(this.store.snapshot(), filter);
+    return this.engine.batches(() => this.store.snapshot(), filter);
   }
 
   /** Reads and checks every written block (the index alone cannot show damage inside a block). */

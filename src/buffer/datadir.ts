@@ -20,7 +20,6 @@ export function describeFsError(err: unknown): string {
   const code = (err as NodeJS.ErrnoException).code;
   switch (code) {
     case 'ENOTDIR':
-    case 'EEXIST':
       return 'not a directory';
     case 'EROFS':
       return 'read-only filesystem';
@@ -178,8 +177,8 @@ export async function quarantine(dataDir: string, file: string): Promise<string>
   const base = path.basename(file);
   for (let n = 0; ; n++) {
     const to = path.join(dir, n === 0 ? base : `${base}.${n}`);
-    // rename moves the name itself (a link stays a link); link+unlink semantics would refuse
-    // to replace, rename would: check first, we are the only writer of this folder.
+    // rename moves the name itself (a link stays a link, never followed); it would replace an
+    // earlier quarantined file of the same name, so look first (only the writer, under the lock, moves files here).
     const exists = await fsp.lstat(to).then(
       () => true,
       () => false,

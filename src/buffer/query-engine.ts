@@ -31,8 +31,13 @@ export interface VerifyResult {
 export class QueryEngine {
   constructor(private readonly damage: DamageLog) {}
 
-  /** Matching events in time-ordered batches; `filter` must be validated by the caller. */
-  async *batches(snapshot: StoreSnapshot, filter: QueryFilter): AsyncGenerator<AmberEvent[]> {
+  /**
+   * Matching events in time-ordered batches; `filter` must be validated by the caller.
+   * `snapshot` is taken when reading starts, in the same step the block list is built:
+   * a block written meanwhile is then seen once, on disk or in memory, never both.
+   */
+  async *batches(take: () => StoreSnapshot, filter: QueryFilter): AsyncGenerator<AmberEvent[]> {
+    const snapshot = take();
     const sources: Source[] = [];
     for (const segment of snapshot.segments) {
       for (const block of segment.blocks) if (blockMayMatch(block, filter)) sources.push({ minTs: block.minTs, segment, block });

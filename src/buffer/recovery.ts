@@ -65,8 +65,11 @@ export async function recoverSegments(
     let size: number;
     try {
       const fh = await openRegular(file);
-      size = (await fh.stat()).size;
-      await fh.close();
+      try {
+        size = (await fh.stat()).size;
+      } finally {
+        await fh.close();
+      }
     } catch (err) {
       await setAside(file, err instanceof NotRegularFileError ? err.message : String(err));
       continue;

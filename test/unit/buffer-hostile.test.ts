@@ -247,6 +247,32 @@ describe('damaged or planted segment files', () => {
     ]);
   });
 
+  it('refuses a planted zstd bomb (valid checksum) before decompressing it', async () => {
+    const { dir, events, segment } = await written();
+    // One zstd frame of 8192 RLE blocks of 128 KiB each: 32 KiB that would decompress to 1 GiB.
+    const blocks = 8192;
+    const bomb = Buffer.alloc(6 + blocks * 4);
+    bomb.writeUInt32LE(0xfd2fb528, 0);
+    bomb[4] = 0x00; // no content size, not single-segment
+    bomb[5] = 0x58; // window descriptor
+    for (let i = 0; i < blocks; i++) {
+      bomb.writeUIntLE(((128 * 1024) << 3) | (1 << 1) | (i === blocks - 1 ? 1 : 0), 6 + i * 4, 3);
+      bomb[6 + i * 4 + 3] = 0x41;
+    }
+    const head = encodeFrameHead(
+      { count: 1, rawLen: 1000, minTs: T0, maxTs: T0, typeCounts: [0, 0, 0, 1, 0, 0, 0], containers: null },
+      Codec.zstd,
+      bomb,
+    );
+    const offset = fs.statSync(segment).size;
+    fs.appendFileSync(segment, Buffer.concat([head, bomb]));
+    const ro = logger();
+    expect(await queryAll(dir, ro.log)).toEqual({ events, corrupt: 1 });
+    expect(ro.lines).toEqual([
+      `warn: event buffer: skipping a damaged block {"file":"${segment}","offset":${offset},"reason":"block does not decode: zstd data could decompress to 1073741824 bytes, more than a block can hold"}`,
+    ]);
+  });
+
   it('scans a large sparse segment with planted huge frame headers in bounded time and memory', async () => {
     const { dir, events, segment } = await written(4);
     await unlink(segment.replace(/\.amb$/, '.idx'));

@@ -2,12 +2,15 @@
  * The buffer's parts on their own (store, query engine, freeze manager, lock,
  * damage log), on real files; the facade's behaviour is in buffer.test.ts.
  */
-import { mkdir, readdir, readFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { appendFile, lstat, mkdir, readdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EventBuffer } from '../../src/buffer';
 import { decodeBlockPayload } from '../../src/buffer/block-codec';
 import { type BufferLog, DamageLog } from '../../src/buffer/damage';
+import { createExclusive, openRegular, quarantine, writeFileAtomic } from '../../src/buffer/datadir';
+import { recoverSegments } from '../../src/buffer/recovery';
 import { FreezeManager } from '../../src/buffer/freezer';
 import { DataDirLock } from '../../src/buffer/lock';
 import { QueryEngine } from '../../src/buffer/query-engine';
@@ -115,8 +118,8 @@ describe('QueryEngine', () => {
     const snapshot = s.snapshot();
     expect(decodeBlockPayload(snapshot.open!)).toHaveLength(5);
     const engine = new QueryEngine(new DamageLog(() => {}));
-    expect(await allBatches(engine.batches(snapshot, {}))).toEqual([...early, ...late]);
-    expect(await allBatches(engine.batches(snapshot, { since: late[0].ts }))).toEqual(late);
+    expect(await allBatches(engine.batches(() => snapshot, {}))).toEqual([...early, ...late]);
+    expect(await allBatches(engine.batches(() => snapshot, { since: late[0].ts }))).toEqual(late);
   });
 
   it('verify reads every block and counts the damaged ones', async () => {
@@ -127,7 +130,6 @@ describe('QueryEngine', () => {
     const file = s.segments[0].file;
     const data = await readFile(file);
     data[s.segments[0].blocks[1].offset + 40] ^= 0xff;
-    const { writeFile } = await import('node:fs/promises');
     await writeFile(file, data);
     const damage = new DamageLog(() => {});
     expect(await new QueryEngine(damage).verify(s.snapshot())).toEqual({ blocks: 3, events: 2, damagedBlocks: 1 });
@@ -152,6 +154,21 @@ describe('live queries', () => {
     expect(segments).toHaveLength(1);
     const scan = await scanSegment(path.join(tmp.dir, 'segments', segments[0]));
     expect(scan.blocks.map((b) => b.count)).toEqual([200]);
+  });
+
+  it('see each event once when its block is written between the query call and the first read', async () => {
+    const tmp = await tempDir();
+    cleanups.push(tmp.cleanup);
+    const buffer = await EventBuffer.open({ dataDir: tmp.dir, ...KEEP_OLD, flushIntervalMs: 60_000 });
+    const first = sequenceEvents(0, 50);
+    buffer.append(first);
+    await buffer.flush(); // a segment being written
+    const events = sequenceEvents(50, 50);
+    buffer.append(events);
+    const it = buffer.query();
+    await buffer.flush(); // the open block goes into that segment before the query reads anything
+    expect(await collect(it)).toEqual([...first, ...events]);
+    await buffer.close();
   });
 });
 
@@ -214,5 +231,66 @@ describe('DamageLog', () => {
       'warn: event buffer: skipping a damaged block {"file":"/d/s.amb","offset":16,"reason":"block checksum mismatch"}',
       'warn: event buffer: skipping a damaged block {"file":"/d/s.amb","offset":99,"reason":"x"}',
     ]);
+  });
+});
+
+describe('datadir helpers', () => {
+  it('writeFileAtomic replaces a planted link at its temp name without writing through it', async () => {
+    const dir = await dataDir();
+    const victim = path.join(dir, 'victim');
+    await writeFile(victim, 'keep');
+    await symlink(victim, path.join(dir, 'f.tmp'));
+    await writeFileAtomic(path.join(dir, 'f'), Buffer.from('new'));
+    expect(await readFile(victim, 'utf8')).toBe('keep');
+    expect(await readFile(path.join(dir, 'f'), 'utf8')).toBe('new');
+    expect((await lstat(path.join(dir, 'f'))).isFile()).toBe(true);
+  });
+
+  it('createExclusive refuses any existing name, a link included', async () => {
+    const dir = await dataDir();
+    await symlink('/nonexistent-target', path.join(dir, 'l'));
+    await expect(createExclusive(path.join(dir, 'l'))).rejects.toThrow('EEXIST');
+  });
+
+  it('openRegular names what a non-regular file is, without blocking on a FIFO', async () => {
+    const dir = await dataDir();
+    execFileSync('mkfifo', [path.join(dir, 'fifo')]);
+    await symlink(path.join(dir, 'fifo'), path.join(dir, 'link'));
+    await expect(openRegular(path.join(dir, 'fifo'))).rejects.toThrow(`${path.join(dir, 'fifo')} is a FIFO, not a regular file`);
+    await expect(openRegular(path.join(dir, 'link'))).rejects.toThrow(`${path.join(dir, 'link')} is a symbolic link, not a regular file`);
+    await expect(openRegular(path.join(dir, 'segments'))).rejects.toThrow(`${path.join(dir, 'segments')} is a directory, not a regular file`);
+  });
+
+  it('quarantine moves a name aside, never over an earlier one', async () => {
+    const dir = await dataDir();
+    await writeFile(path.join(dir, 'segments', 'x'), '1');
+    expect(await quarantine(dir, path.join(dir, 'segments', 'x'))).toBe(path.join(dir, 'quarantine', 'x'));
+    await writeFile(path.join(dir, 'segments', 'x'), '2');
+    expect(await quarantine(dir, path.join(dir, 'segments', 'x'))).toBe(path.join(dir, 'quarantine', 'x.1'));
+    expect(await readFile(path.join(dir, 'quarantine', 'x'), 'utf8')).toBe('1');
+    expect(await readFile(path.join(dir, 'quarantine', 'x.1'), 'utf8')).toBe('2');
+  });
+});
+
+describe('recoverSegments', () => {
+  it('rebuilds the block list from the files and truncates only the last segment\'s torn tail', async () => {
+    const dir = await dataDir();
+    const s = await store(dir, { blockBytes: 1, segmentBytes: 200 });
+    s.append(sequenceEvents(0, 6));
+    await s.flush();
+    await s.sealActive();
+    const files = s.segments.map((seg) => seg.file);
+    expect(files.length).toBeGreaterThan(1);
+    await appendFile(files[0], Buffer.from('torn tail of an older segment'));
+    await appendFile(files.at(-1)!, Buffer.from('torn tail'));
+    const { log, lines } = logs();
+    const damage = new DamageLog(log);
+    const recovered = await recoverSegments(dir, false, log, damage);
+    expect(recovered.segments.map((seg) => seg.blocks.length).reduce((a, b) => a + b)).toBe(6);
+    expect(recovered.nextSeq).toBe(files.length + 1);
+    expect(damage.count).toBe(1); // the older segment's tail: reported and kept
+    expect((await readFile(files[0])).subarray(-29).toString()).toBe('torn tail of an older segment');
+    expect((await readFile(files.at(-1)!)).subarray(-9).toString()).not.toBe('torn tail');
+    expect(lines.some((l) => l.startsWith('info: event buffer: dropping the torn tail of the last segment'))).toBe(true);
   });
 });
