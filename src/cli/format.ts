@@ -5,7 +5,6 @@
 import { constants as osConstants } from 'node:os';
 import type { AmberEvent } from '../sensor/events';
 import { formatTs } from '../time';
-import { eventJson } from './json';
 import { UsageError } from './usage';
 
 export type OutputFormat = 'json' | 'columns';
@@ -16,9 +15,14 @@ export function parseOutputFormat(text: string | undefined): OutputFormat {
   return f;
 }
 
-/** One event as one line of the format (no newline): JSON exactly as JSON.stringify writes it, or a table row. */
+/**
+ * One event as one line of the format (no newline): JSON.stringify, or a table row.
+ * (A serializer per event shape was measured: 1.3-1.6x faster at building the
+ * strings, but 1.1-1.4x slower end to end into a file, because its strings are
+ * ropes of many pieces that cost more to encode than V8's flat JSON output.)
+ */
 export function eventFormatter(format: OutputFormat): (e: AmberEvent) => string {
-  return format === 'json' ? eventJson : formatColumns;
+  return format === 'json' ? (e) => JSON.stringify(e) : formatColumns;
 }
 
 export const COLUMNS_HEADER = `${'TIME(UTC)'.padEnd(12)}  ${'CONTAINER'.padEnd(12)}  ${'PID'.padStart(7)}  ${'COMM'.padEnd(16)}  ${'TYPE'.padEnd(7)}  DETAILS`;
