@@ -88,7 +88,7 @@ describe('amber trace --local', () => {
     const started = Date.now();
     try {
       const run = await new Promise<{ codes: number[]; stdout: string; stderr: string }>((resolve, reject) => {
-        const child = spawn('bash', ['-c', `node ${CLI} trace open --local -o json --timeout 60s | head -2; echo "codes \${PIPESTATUS[*]}" >&2`], {
+        const child = spawn('bash', ['-c', `node ${CLI} trace open --local -o json --pid ${process.pid} --timeout 60s | head -2; echo "codes \${PIPESTATUS[*]}" >&2`], {
           stdio: ['ignore', 'pipe', 'pipe'],
         });
         let stdout = '';
@@ -102,7 +102,7 @@ describe('amber trace --local', () => {
       expect(Date.now() - started).toBeLessThan(30_000); // well before --timeout: it noticed the closed pipe
       const lines = run.stdout.split('\n');
       expect(lines).toHaveLength(3);
-      for (const l of lines.slice(0, 2)) expect((JSON.parse(l) as AmberEvent).type).toBe('open');
+      for (const l of lines.slice(0, 2)) expect(JSON.parse(l) as AmberEvent).toMatchObject({ type: 'open', pid: process.pid, path: __filename });
       expect(run.stderr).toMatch(/^amber: \d+ events, \d+ written; drops: exec=0 exit=0 fork=0 open=\d+ connect=0 accept=0 dns=0$/m);
       expect(run.stderr).not.toMatch(/EPIPE|Error|at /);
     } finally {
