@@ -13,7 +13,10 @@ import { Packr } from 'msgpackr';
 import { BlockEncoder } from '../src/buffer/block-codec';
 import { EventBuffer, type QueryFilter } from '../src/buffer';
 import type { AmberEvent, CommonFields, DnsEvent } from '../src/sensor/events';
-import { countTotal, Sensor } from '../src/sensor/sensor';
+import pino from 'pino';
+import { startAgent } from '../src/agent';
+import { loadConfig } from '../src/config';
+import { countTotal } from '../src/sensor/sensor';
 import { compileWorkloads, median, runChild } from './workloads';
 
 const MiB = 1024 * 1024;
@@ -282,7 +285,7 @@ async function main(): Promise<void> {
   await appendAndCompression();
   console.log('full 256 MiB buffer:');
   for (const line of await fullBufferQuery()) console.log(`  ${line}`);
-  console.log('\nthe agent end to end under the sensor\'s open storm (sensor -> decode -> container IDs -> buffer), side by side:');
+  console.log('\nthe agent end to end under the sensor\'s open storm (startAgent: sensor -> pipeline -> buffer), side by side:');
   for (const line of await agentUnderOpenStorm()) console.log(`  ${line}`);
   console.log(`\ntotal ${fmt(seconds(started))} s`);
 }
@@ -308,9 +311,9 @@ async function appendAndCompression(): Promise<void> {
 }
 
 /**
- * What the agent does, in this process: the sensor with every event type
- * feeding a buffer in a temporary data dir, while the open storm runs; against
- * the storm alone, rounds interleaved.
+ * The agent end to end, as a node runs it: startAgent (sensor -> pipeline ->
+ * buffer sink, every event type, a temporary data dir), while the open storm
+ * runs; against the storm alone, rounds interleaved.
  */
 async function agentUnderOpenStorm(): Promise<string[]> {
   const opens = Number(process.env.AMBER_BENCH_OPENS ?? 1_000_000);
@@ -321,29 +324,22 @@ async function agentUnderOpenStorm(): Promise<string[]> {
   for (let round = 0; round < rounds; round++) {
     alone.push((await runChild(openStorm, [String(opens)])).seconds);
     const dir = await mkdtemp(path.join(tmpdir(), 'amber-bench-agent-'));
-    const buffer = await EventBuffer.open({ dataDir: dir, maxBytes: 1024 * MiB });
+    const config = loadConfig({ overrides: [[['dataDir'], dir], [['buffer', 'maxBytes'], 1024 * MiB]] });
+    const running = await startAgent(config, pino({ level: 'warn' }));
     let pid = -1;
     let ours = 0;
-    const sensor = await Sensor.start({ ignoreSelf: true }, (events) => {
-      buffer.append(events);
+    // counted beside the buffer, as one more sink of the agent's pipeline
+    running.pipeline.addSink((events) => {
       for (const e of events) if (e.pid === pid && e.type === 'open' && e.comm === 'open-storm' && e.path === '/dev/null') ours++;
     });
     try {
       const run = await runChild(openStorm, [String(opens)], undefined, (p) => (pid = p));
-      await sensor.stop();
-      await buffer.flush();
-      const stats = sensor.stats();
-      const stored = buffer.stats().events;
-      agent.push({
-        seconds: run.seconds,
-        stored,
-        ours,
-        drops: countTotal(stats.drops),
-        appendedPerSecond: stored / run.seconds,
-      });
+      const stats = await running.sensor.stop();
+      await running.buffer.flush();
+      const stored = running.buffer.stats().events;
+      agent.push({ seconds: run.seconds, stored, ours, drops: countTotal(stats.drops), appendedPerSecond: stored / run.seconds });
     } finally {
-      await sensor.stop();
-      await buffer.close();
+      await running.close();
       await rm(dir, { recursive: true, force: true });
     }
   }
@@ -351,7 +347,7 @@ async function agentUnderOpenStorm(): Promise<string[]> {
   const mid = agent.find((a) => a.seconds === median(agent.map((x) => x.seconds)))!;
   return [
     `open storm alone          ${fmt(base)} s (${mega(opens / base)} opens/s)`,
-    `open storm, agent         ${fmt(mid.seconds)} s (${fmt(mid.seconds / base)}x), ${mega(mid.appendedPerSecond)} events/s into the buffer`,
+    `open storm, agent         ${fmt(mid.seconds)} s: ${(mid.seconds / base).toFixed(3)}x of no tracer (target <= 1.25x), ${mega(mid.appendedPerSecond)} events/s into the buffer`,
     `storm events received     ${agent.map((a) => `${a.ours}/${opens}`).join(', ')} (every round)`,
     `ring drops                ${agent.map((a) => a.drops).join(', ')} (every round; target 0)`,
   ];

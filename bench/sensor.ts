@@ -12,17 +12,18 @@ import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import readline from 'node:readline';
 import type { AmberEvent } from '../src/sensor/events';
 import { countTotal, Sensor } from '../src/sensor/sensor';
-import { compileWorkloads, median, runChild, WORK } from './workloads';
+import { compileWorkloads, median, ROOT, runChild, WORK } from './workloads';
 const ROUNDS = Number(process.env.AMBER_BENCH_ROUNDS ?? 3);
 const OPENS = Number(process.env.AMBER_BENCH_OPENS ?? 1_000_000);
 const EXECS = Number(process.env.AMBER_BENCH_EXECS ?? 2000);
 const BUILD_FILES = Number(process.env.AMBER_BENCH_BUILD_FILES ?? 400);
 const COST_ROUNDS = Number(process.env.AMBER_BENCH_COST_ROUNDS ?? 3);
 
-type Tracer = 'none' | 'amber' | 'bpftrace';
-const TRACERS: Tracer[] = ['none', 'amber', 'bpftrace'];
+type Tracer = 'none' | 'amber' | 'trace-json' | 'bpftrace';
+const TRACERS: Tracer[] = ['none', 'amber', 'trace-json', 'bpftrace'];
 
 interface Workload {
   name: string;
@@ -111,6 +112,7 @@ async function measure(w: Workload, tracer: Tracer): Promise<Result> {
       await stop();
     }
   }
+  if (tracer === 'trace-json') return traceJsonToFile(w);
   let events = 0;
   let received = 0;
   let pid = -1;
@@ -186,6 +188,47 @@ async function programCosts(w: Workload): Promise<Map<string, { nsPerRun: number
     await sensor.stop();
   }
   return costs;
+}
+
+/**
+ * What a user who records to a file pays: `amber trace all --local -o json > file`,
+ * the built CLI in its own process; the storm's events are then counted in the file.
+ */
+async function traceJsonToFile(w: Workload): Promise<Result> {
+  const file = path.join(WORK, 'trace.json');
+  const fd = fs.openSync(file, 'w');
+  const child = spawn(process.execPath, [path.join(ROOT, 'dist/src/cli/main.js'), 'trace', 'all', '--local', '-o', 'json'], {
+    stdio: ['ignore', fd, 'pipe'],
+  });
+  fs.closeSync(fd);
+  let stderr = '';
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  await new Promise<void>((resolve, reject) => {
+    child.stderr!.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      if (stderr.includes('amber: tracing')) resolve();
+    });
+    void exited.then(() => reject(new Error(`amber trace exited early: ${stderr}`)));
+  });
+  let pid = -1;
+  let run: { pid: number; seconds: number };
+  try {
+    run = await runChild(w.command[0], w.command.slice(1), w.cwd, (p) => (pid = p));
+  } finally {
+    child.kill('SIGINT');
+  }
+  if ((await exited) !== 0) throw new Error(`amber trace failed: ${stderr}`);
+  const m = /amber: (\d+) events, \d+ written; drops: (.*)$/m.exec(stderr);
+  const drops = m ? m[2].split(' ').reduce((n, kv) => n + Number(kv.split('=')[1]), 0) : NaN;
+  let received = 0;
+  let events = 0;
+  const lines = readline.createInterface({ input: fs.createReadStream(file), crlfDelay: Infinity });
+  for await (const line of lines) {
+    events++;
+    if (w.ours && w.ours(JSON.parse(line) as AmberEvent, pid)) received++;
+  }
+  fs.rmSync(file);
+  return { seconds: run.seconds, received, drops, events };
 }
 
 function fmtRate(n: number): string {
@@ -264,8 +307,9 @@ async function main(): Promise<void> {
       const secs = median(rs.map((r) => r.seconds));
       const ratio = secs / base;
       const mid = rs.find((r) => r.seconds === secs)!;
-      const recv = t === 'amber' && w.ours ? `${Math.min(...rs.map((r) => r.received!))}/${w.count}` : t === 'amber' ? `${mid.events} events` : '';
-      const drops = t === 'amber' ? String(Math.max(...rs.map((r) => r.drops!))) : '';
+      const counted = t === 'amber' || t === 'trace-json';
+      const recv = counted && w.ours ? `${Math.min(...rs.map((r) => r.received!))}/${w.count}` : counted ? `${mid.events} events` : '';
+      const drops = counted ? String(Math.max(...rs.map((r) => r.drops!))) : '';
       const cpu = t === 'amber' ? `${mid.consumerCpuSeconds!.toFixed(2)} s` : '';
       console.log(
         `${w.name.padEnd(31)}${t.padEnd(11)}${secs.toFixed(3).padStart(7)}   ${fmtRate(w.count / secs).padEnd(10)} ${ratio.toFixed(3).padStart(6)}x        ${recv.padEnd(21)}${drops.padEnd(8)}${cpu}`,
@@ -275,6 +319,9 @@ async function main(): Promise<void> {
         const noDrops = rs.every((r) => r.drops === 0);
         verdicts.push(`open storm: time ${ratio.toFixed(3)}x of no tracer (target <= 1.25x): ${ratio <= 1.25 ? 'met' : 'MISSED'}`);
         verdicts.push(`open storm: every event received, zero drops in every round: ${allReceived && noDrops ? 'met' : 'MISSED'}`);
+      }
+      if (t === 'trace-json' && w.name === 'open storm') {
+        verdicts.push(`open storm, amber trace -o json > file: time ${ratio.toFixed(3)}x of no tracer; every event in the file, zero drops: ${rs.every((r) => r.received === w.count && r.drops === 0) ? 'yes' : 'NO'}`);
       }
       if (t === 'amber' && w.name === 'exec storm') {
         verdicts.push(`exec storm: every exec received in every round: ${rs.every((r) => r.received === w.count) ? 'met' : 'MISSED'}`);

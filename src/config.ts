@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { DEFAULTS, RANGES, type Range } from './defaults';
 import { parseDurationMs } from './time';
 import { EVENT_TYPES } from './sensor/events';
 
@@ -19,48 +20,74 @@ export function parseSize(text: string): number {
   return Math.round(Number(m[1]) * unit);
 }
 
-function converted(parse: (text: string) => number) {
-  return z.union([z.number().nonnegative(), z.string()]).transform((v, ctx) => {
-    if (typeof v === 'number') return v;
+/** The value as the user wrote it, for messages. */
+function shown(v: unknown): string {
+  return typeof v === 'string' ? `"${v}"` : String(v);
+}
+
+/**
+ * A number (or a string parse() reads) inside its documented range: a value
+ * outside it is refused here, with the key and its source named by the
+ * caller, before any timer, native reader or buffer sees it.
+ */
+function ranged(parse: (text: string) => number, range: Range) {
+  return z.union([z.number(), z.string()]).transform((v, ctx) => {
+    let n: number;
     try {
-      return parse(v);
+      n = typeof v === 'number' ? v : parse(v);
     } catch (err) {
       ctx.addIssue({ code: 'custom', message: (err as Error).message });
       return z.NEVER;
     }
+    if (!(n >= range.min && n <= range.max) || (range.integer && !Number.isInteger(n))) {
+      ctx.addIssue({ code: 'custom', message: `must be ${range.text}, got ${shown(v)}` });
+      return z.NEVER;
+    }
+    return n;
   });
 }
+
+function parseCount(text: string): number {
+  if (!/^\s*\d+\s*$/.test(text)) throw new Error(`invalid number "${text}" (a whole number, e.g. 50)`);
+  return Number(text);
+}
+
 /** Bytes: a number, or a string with a unit. */
-const size = converted(parseSize);
+const size = (range: Range) => ranged(parseSize, range);
 /** Milliseconds: a number, or a string with a unit (10ms, 5s, 24h). */
-const duration = converted(parseDurationMs);
+const duration = (range: Range) => ranged(parseDurationMs, range);
+const count = (range: Range) => ranged(parseCount, range);
+
+const ringBytes = size(RANGES.sensor.ringBytes).refine((n) => (n & (n - 1)) === 0 && n % 4096 === 0, {
+  message: 'must be a power of two (e.g. 16MiB)',
+});
 
 const sensorSchema = z
   .object({
     types: z.array(z.enum(EVENT_TYPES)).min(1).default([...EVENT_TYPES]),
-    ringBytes: size.default(16 * 1024 ** 2),
-    pollInterval: duration.default(10),
-    dnsTimeout: duration.default(5000),
+    ringBytes: ringBytes.default(DEFAULTS.sensor.ringBytes),
+    pollInterval: duration(RANGES.sensor.pollInterval).default(DEFAULTS.sensor.pollMs),
+    dnsTimeout: duration(RANGES.sensor.dnsTimeout).default(DEFAULTS.sensor.dnsTimeoutMs),
   })
   .strict();
 
 const bufferSchema = z
   .object({
-    maxBytes: size.default(256 * 1024 ** 2),
-    maxAge: duration.default(24 * 3600_000),
-    flushInterval: duration.default(1000),
-    maxMemoryBytes: size.default(64 * 1024 ** 2),
-    maxFrozenWindows: z.coerce.number().int().positive().default(50),
-    maxFrozenBytes: size.default(512 * 1024 ** 2),
+    maxBytes: size(RANGES.buffer.maxBytes).default(DEFAULTS.buffer.maxBytes),
+    maxAge: duration(RANGES.buffer.maxAge).default(DEFAULTS.buffer.maxAgeMs),
+    flushInterval: duration(RANGES.buffer.flushInterval).default(DEFAULTS.buffer.flushIntervalMs),
+    maxMemoryBytes: size(RANGES.buffer.maxMemoryBytes).default(DEFAULTS.buffer.maxMemoryBytes),
+    maxFrozenWindows: count(RANGES.buffer.maxFrozenWindows).default(DEFAULTS.buffer.maxFrozenWindows),
+    maxFrozenBytes: size(RANGES.buffer.maxFrozenBytes).default(DEFAULTS.buffer.maxFrozenBytes),
   })
   .strict();
 
 export const configSchema = z
   .object({
-    dataDir: z.string().min(1).default('/var/lib/amber'),
-    logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'),
+    dataDir: z.string().min(1).default(DEFAULTS.dataDir),
+    logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default(DEFAULTS.logLevel),
     /** How often the agent logs its counters. */
-    statsInterval: duration.default(60_000),
+    statsInterval: duration(RANGES.statsInterval).default(DEFAULTS.statsIntervalMs),
     sensor: sensorSchema.default(sensorSchema.parse({})),
     buffer: bufferSchema.default(bufferSchema.parse({})),
   })

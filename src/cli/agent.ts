@@ -3,10 +3,11 @@ import { parseArgs } from 'node:util';
 import pino from 'pino';
 import { startAgent } from '../agent';
 import { loadConfig } from '../config';
+import { DEFAULTS } from '../defaults';
 
 export const AGENT_USAGE = `usage: amber agent [--config FILE] [--data-dir DIR] [--log-level LEVEL]
   Records every event of this node into the rolling buffer under the data dir
-  (default /var/lib/amber). Every option has a default; a YAML file and AMBER_*
+  (default ${DEFAULTS.dataDir}). Every option has a default; a YAML file and AMBER_*
   environment variables override them (see the README's configuration reference).
   SIGTERM or SIGINT: stop the sensor, flush, close, exit 0.`;
 

@@ -3,16 +3,18 @@
  * agent needed, a copied data dir works), never writing to it.
  */
 import { parseArgs } from 'node:util';
-import { DEFAULT_DATA_DIR, EventBuffer } from '../buffer';
+import { EventBuffer } from '../buffer';
+import { DEFAULTS } from '../defaults';
 import { formatTs, nowNs } from '../time';
 import type { BufferStats, VerifyResult } from '../buffer';
 import { EVENT_TYPES } from '../sensor/events';
 import { FILTER_OPTIONS, FILTER_USAGE, filterFromOptions, integerOption, TIME_OPTIONS, TIME_USAGE } from './filter-options';
-import { clean, COLUMNS_HEADER, formatColumns } from './format';
+import { clean, COLUMNS_HEADER, eventFormatter, parseOutputFormat } from './format';
+import { note, OutputWriter } from './output';
 import { UsageError } from './usage';
 
 const QUERY_USAGE = `usage: amber buffer query [--data-dir DIR] [filter options] [-o columns|json] [--limit N]
-  --data-dir DIR              the data dir (default ${DEFAULT_DATA_DIR}), or a copy of one
+  --data-dir DIR              the data dir (default ${DEFAULTS.dataDir}), or a copy of one
   --type exec,open,...        event types (${EVENT_TYPES.join(', ')})
 ${TIME_USAGE}
 ${FILTER_USAGE}
@@ -23,7 +25,7 @@ ${FILTER_USAGE}
 const STATS_USAGE = `usage: amber buffer stats [--data-dir DIR] [-o text|json] [--verify]
   --verify: read and check every block (the index alone cannot show damage inside a block);
             exits 1 when a block is damaged
-  data dir default: ${DEFAULT_DATA_DIR}
+  data dir default: ${DEFAULTS.dataDir}
 `;
 
 export async function bufferQuery(argv: string[], out: NodeJS.WritableStream, err: NodeJS.WritableStream): Promise<number> {
@@ -33,7 +35,7 @@ export async function bufferQuery(argv: string[], out: NodeJS.WritableStream, er
       strict: true,
       allowPositionals: false,
       options: {
-        'data-dir': { type: 'string', default: DEFAULT_DATA_DIR },
+        'data-dir': { type: 'string', default: DEFAULTS.dataDir },
         ...TIME_OPTIONS,
         ...FILTER_OPTIONS,
         type: { type: 'string' },
@@ -46,23 +48,24 @@ export async function bufferQuery(argv: string[], out: NodeJS.WritableStream, er
       out.write(QUERY_USAGE);
       return 0;
     }
-    const output = values.output;
-    if (output !== 'columns' && output !== 'json') throw new UsageError(`-o must be columns or json, got "${output}"`);
+    const show = eventFormatter(parseOutputFormat(values.output));
     const filter = filterFromOptions(values, nowNs());
     const limit = values.limit === undefined ? Infinity : integerOption('--limit', values.limit, 1);
 
     const buffer = await EventBuffer.openReadOnly(values['data-dir'], { log: warnTo(err) });
-    const lines = new LineWriter(out);
-    if (output === 'columns') await lines.add([COLUMNS_HEADER]);
+    const output = new OutputWriter(out);
+    if (values.output === 'columns') output.write(`${COLUMNS_HEADER}\n`);
     let left = limit;
     try {
       for await (const batch of buffer.queryBatches(filter)) {
         const events = batch.length > left ? batch.slice(0, left) : batch;
         left -= events.length;
-        const stop = await lines.add(events.map(output === 'json' ? (ev) => JSON.stringify(ev) : formatColumns));
-        if (stop || left === 0) break;
+        let text = '';
+        for (const ev of events) text += `${show(ev)}\n`;
+        const gone = await output.add(text);
+        if (gone || left === 0) break;
       }
-      await lines.end();
+      await output.flush();
     } finally {
       await buffer.close();
     }
@@ -77,7 +80,7 @@ export async function bufferStats(argv: string[], out: NodeJS.WritableStream, er
       strict: true,
       allowPositionals: false,
       options: {
-        'data-dir': { type: 'string', default: DEFAULT_DATA_DIR },
+        'data-dir': { type: 'string', default: DEFAULTS.dataDir },
         output: { type: 'string', short: 'o', default: 'text' },
         verify: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h' },
@@ -92,7 +95,9 @@ export async function bufferStats(argv: string[], out: NodeJS.WritableStream, er
     try {
       const verify = values.verify ? await buffer.verify() : undefined;
       const stats = buffer.stats();
-      out.write(values.output === 'json' ? `${JSON.stringify(verify ? { ...stats, verify } : stats)}\n` : formatStats(stats, verify));
+      const output = new OutputWriter(out);
+      output.write(values.output === 'json' ? `${JSON.stringify(verify ? { ...stats, verify } : stats)}\n` : formatStats(stats, verify));
+      await output.flush();
       return verify && verify.damagedBlocks > 0 ? 1 : 0;
     } finally {
       await buffer.close();
@@ -112,10 +117,10 @@ async function run(
   } catch (e) {
     const error = e as Error & { code?: string };
     if (e instanceof UsageError || error.code?.startsWith('ERR_PARSE_ARGS')) {
-      err.write(`amber buffer ${command}: ${error.message}\n${usage}`);
+      note(err, `amber buffer ${command}: ${error.message}\n${usage}`);
       return 2;
     }
-    err.write(`amber buffer ${command}: ${error.message}\n`);
+    note(err, `amber buffer ${command}: ${error.message}\n`);
     return 1;
   }
 }
@@ -124,50 +129,8 @@ async function run(
 function warnTo(err: NodeJS.WritableStream) {
   return (level: string, msg: string, fields?: Record<string, unknown>) => {
     if (level === 'info') return;
-    err.write(`amber buffer: ${level}: ${msg}${fields ? ` ${JSON.stringify(fields)}` : ''}\n`);
+    note(err, `amber buffer: ${level}: ${clean(msg)}${fields ? ` ${clean(JSON.stringify(fields))}` : ''}\n`);
   };
-}
-
-/** Batches lines; honours backpressure; stops quietly when the reader goes away (e.g. `| head`). */
-class LineWriter {
-  private chunk = '';
-  private closed = false;
-
-  constructor(private readonly out: NodeJS.WritableStream) {
-    out.once('error', () => {
-      this.closed = true;
-    });
-  }
-
-  /** Resolves true when the output is gone and the caller should stop. */
-  async add(lines: string[]): Promise<boolean> {
-    for (const line of lines) this.chunk += `${line}\n`;
-    if (this.chunk.length >= 64 * 1024) await this.flush();
-    return this.closed;
-  }
-
-  async end(): Promise<void> {
-    await this.flush();
-  }
-
-  private async flush(): Promise<void> {
-    if (this.closed || this.chunk === '') return;
-    const text = this.chunk;
-    this.chunk = '';
-    if (!this.out.write(text)) {
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          this.out.off('drain', done);
-          this.out.off('error', done);
-          this.out.off('close', done);
-          resolve();
-        };
-        this.out.once('drain', done);
-        this.out.once('error', done);
-        this.out.once('close', done);
-      });
-    }
-  }
 }
 
 // ---- stats ----
@@ -187,9 +150,9 @@ function formatStats(s: BufferStats, verify?: VerifyResult): string {
   if (verify) row('verified', `${verify.blocks} blocks read, ${verify.events} events, ${verify.damagedBlocks} damaged`);
   row('frozen', `${s.frozen.windows.length} window(s), ${formatBytes(s.frozen.bytes)}`);
   for (const w of s.frozen.windows) {
-    lines.push(`  ${w.id}  ${formatTs(w.from)} .. ${formatTs(w.to)}  ${w.count} events  ${clean(w.reason)}`);
+    lines.push(`  ${w.id}  ${formatTs(w.from)} .. ${formatTs(w.to)}  ${w.count} events  ${w.reason}`);
   }
-  return `${lines.join('\n')}\n`;
+  return `${lines.map(clean).join('\n')}\n`;
 }
 
 function formatBytes(n: number): string {

@@ -3,7 +3,8 @@
  * `amber buffer query`, ...), parsed into the one EventFilter (src/filter.ts).
  */
 import type { EventFilter } from '../filter';
-import { parseTimeArg } from '../time';
+import type { Range } from '../defaults';
+import { parseDurationMs, parseTimeArg } from '../time';
 import { parseEventTypes, UsageError } from './usage';
 
 /** parseArgs option specs; commands spread them into their own. */
@@ -84,4 +85,16 @@ export function integerOption(flag: string, text: string, min: number): number {
 function nonEmpty(flag: string, text: string): string {
   if (text === '') throw new UsageError(`${flag} must not be empty`);
   return text;
+}
+
+/** A duration option in ms, inside its documented range; anything else is a usage error naming the option. */
+export function durationOption(flag: string, text: string, range: Range): number {
+  let ms: number;
+  try {
+    ms = parseDurationMs(text);
+  } catch (e) {
+    throw new UsageError(`${flag}: ${(e as Error).message}`);
+  }
+  if (!(ms >= range.min && ms <= range.max)) throw new UsageError(`${flag} must be ${range.text}, got "${text}"`);
+  return ms;
 }

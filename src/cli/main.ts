@@ -37,6 +37,10 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+// A reader that went away (EPIPE) is not a crash: commands write through OutputWriter, which stops quietly.
+process.stdout.on('error', () => {});
+process.stderr.on('error', () => {});
+
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;

@@ -4,6 +4,7 @@
  * responses. Consumers get arrays of events, never one call per event.
  */
 import { ContainerResolver, type ContainerInfo } from '../containers/resolver';
+import { DEFAULTS } from '../defaults';
 import { loadBinding, type NativeSensor } from './binding';
 import { DnsTracker, parseDnsMessage } from './dns';
 import { EVENT_TYPES, type AmberEvent, type DnsEvent, type EventType } from './events';
@@ -86,13 +87,7 @@ function perType(): Record<EventType, number> {
   return Object.fromEntries(EVENT_TYPES.map((t) => [t, 0])) as Record<EventType, number>;
 }
 
-export const DEFAULT_SENSOR = {
-  ringBytes: 16 << 20,
-  pollMs: 10,
-  batchBytes: 1 << 20,
-  batchCount: 16,
-  dnsTimeoutMs: 5000,
-} as const;
+export const DEFAULT_SENSOR = DEFAULTS.sensor;
 
 export class Sensor {
   private readonly received = perType();
@@ -161,7 +156,7 @@ export class Sensor {
       {
         programs: [...programs],
         ringBytes,
-        wakeupBytes: options.wakeupBytes ?? ringBytes / 4,
+        wakeupBytes: options.wakeupBytes ?? ringBytes * DEFAULT_SENSOR.wakeupFraction,
         pollMs: options.pollMs ?? DEFAULT_SENSOR.pollMs,
         batchBytes: options.batchBytes ?? DEFAULT_SENSOR.batchBytes,
         batchCount: options.batchCount ?? DEFAULT_SENSOR.batchCount,

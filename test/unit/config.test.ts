@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { envName, loadConfig, optionPaths, parseSize } from '../../src/config';
+import { MAX_TIMER_MS, RANGES } from '../../src/defaults';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-config-'));
 function file(name: string, text: string): string {
@@ -50,6 +51,59 @@ describe('config', () => {
     ['list.yaml', '- a\n- b\n', 'list.yaml: expected a mapping of options at the top level'],
   ])('%s is refused with the key named', (name, text, message) => {
     expect(() => loadConfig({ file: file(name, text) })).toThrow(message);
+  });
+
+  it.each([
+    ['statsInterval: 30d\n', 'statsInterval: must be 1s to 24h, got "30d"'],
+    ['statsInterval: 0\n', 'statsInterval: must be 1s to 24h, got 0'],
+    ['buffer:\n  flushInterval: 30d\n', 'buffer.flushInterval: must be 10ms to 10m, got "30d"'],
+    ['buffer:\n  flushInterval: 0\n', 'buffer.flushInterval: must be 10ms to 10m, got 0'],
+    ['sensor:\n  pollInterval: 0\n', 'sensor.pollInterval: must be 1ms to 1s, whole ms, got 0'],
+    ['sensor:\n  pollInterval: 30d\n', 'sensor.pollInterval: must be 1ms to 1s, whole ms, got "30d"'],
+    ['sensor:\n  pollInterval: 1500us\n', 'sensor.pollInterval: must be 1ms to 1s, whole ms, got "1500us"'],
+    ['sensor:\n  dnsTimeout: 30d\n', 'sensor.dnsTimeout: must be 100ms to 10m, got "30d"'],
+    ['sensor:\n  ringBytes: 3MiB\n', 'sensor.ringBytes: must be a power of two'],
+    ['sensor:\n  ringBytes: 4GiB\n', 'sensor.ringBytes: must be 64KiB to 1GiB, a power of two, got "4GiB"'],
+    ['buffer:\n  maxBytes: 0\n', 'buffer.maxBytes: must be 16MiB to 64TiB, got 0'],
+    ['buffer:\n  maxBytes: -5\n', 'buffer.maxBytes: must be 16MiB to 64TiB, got -5'],
+    ['buffer:\n  maxAge: 0s\n', 'buffer.maxAge: must be 1m to 366d, got "0s"'],
+    ['buffer:\n  maxMemoryBytes: 1KiB\n', 'buffer.maxMemoryBytes: must be 4MiB to 64GiB, got "1KiB"'],
+    ['buffer:\n  maxFrozenWindows: 0\n', 'buffer.maxFrozenWindows: must be 1 to 10000, got 0'],
+    ['buffer:\n  maxFrozenWindows: 2.5\n', 'buffer.maxFrozenWindows: must be 1 to 10000, got 2.5'],
+    ['buffer:\n  maxFrozenBytes: 0\n', 'buffer.maxFrozenBytes: must be 1MiB to 64TiB, got 0'],
+  ])('refuses %j outside its range, naming the key and the file', (text, message) => {
+    const f = file('range.yaml', text);
+    expect(() => loadConfig({ file: f })).toThrow(`${f}: ${message}`);
+  });
+
+  it('names the key and the source of an out-of-range value from the environment and the command line', () => {
+    expect(() => loadConfig({ env: { AMBER_STATS_INTERVAL: '30d' } })).toThrow('environment AMBER_STATS_INTERVAL: statsInterval: must be 1s to 24h, got "30d"');
+    expect(() => loadConfig({ env: { AMBER_BUFFER_FLUSH_INTERVAL: '0ms' } })).toThrow(
+      'environment AMBER_BUFFER_FLUSH_INTERVAL: buffer.flushInterval: must be 10ms to 10m, got "0ms"',
+    );
+    expect(() => loadConfig({ overrides: [[['sensor', 'pollInterval'], '30d']] })).toThrow(
+      'command line: sensor.pollInterval: must be 1ms to 1s, whole ms, got "30d"',
+    );
+  });
+
+  it('accepts the bounds of every range', () => {
+    const c = loadConfig({
+      file: file(
+        'bounds.yaml',
+        'statsInterval: 24h\nsensor:\n  pollInterval: 1s\n  ringBytes: 64KiB\n  dnsTimeout: 100ms\n' +
+          'buffer:\n  maxBytes: 16MiB\n  flushInterval: 10m\n  maxAge: 366d\n  maxFrozenWindows: "10000"\n',
+      ),
+    });
+    expect(c.statsInterval).toBe(86_400_000);
+    expect(c.sensor).toMatchObject({ pollInterval: 1000, ringBytes: 65536, dnsTimeout: 100 });
+    expect(c.buffer).toMatchObject({ maxBytes: 16 << 20, flushInterval: 600_000, maxAge: 366 * 86_400_000, maxFrozenWindows: 10_000 });
+  });
+
+  it('keeps every duration within what a Node timer and the native reader take', () => {
+    for (const range of [RANGES.statsInterval, RANGES.sensor.pollInterval, RANGES.sensor.dnsTimeout, RANGES.buffer.flushInterval, RANGES.traceTimeout]) {
+      expect(range.max).toBeLessThanOrEqual(MAX_TIMER_MS);
+    }
+    expect(RANGES.sensor.pollInterval.integer).toBe(true);
   });
 
   it('names the environment variable that is wrong', () => {

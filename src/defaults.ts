@@ -1,0 +1,84 @@
+/**
+ * The one table of defaults and allowed ranges: the configuration schema
+ * (src/config.ts), the sensor (src/sensor/sensor.ts), the buffer and the CLI's
+ * usage texts all read them here, so they cannot disagree. Durations are in
+ * ms, sizes in bytes.
+ */
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
+const TiB = 1024 * GiB;
+const SECOND = 1000;
+const MINUTE = 60 * SECOND;
+const HOUR = 60 * MINUTE;
+const DAY = 24 * HOUR;
+
+/** The longest delay a Node timer takes (2^31-1 ms, ~24.8 days); longer ones fire after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+export const DEFAULTS = {
+  dataDir: '/var/lib/amber',
+  logLevel: 'info',
+  /** How often the agent logs its counters. */
+  statsIntervalMs: MINUTE,
+  sensor: {
+    /** The BPF ring buffer (power of two, page multiple). */
+    ringBytes: 16 * MiB,
+    /** Queued bytes that wake the reader before its timer does: a quarter of the ring. */
+    wakeupFraction: 1 / 4,
+    /** The reader drains the ring at least this often (its poll timeout). */
+    pollMs: 10,
+    /** One batch handed to JavaScript holds at most this many bytes of records. */
+    batchBytes: 1 * MiB,
+    /** Batches in the reader's pool. */
+    batchCount: 16,
+    /** A DNS query unanswered this long is reported as a response with rcode TIMEOUT. */
+    dnsTimeoutMs: 5 * SECOND,
+  },
+  buffer: {
+    maxBytes: 256 * MiB,
+    maxAgeMs: DAY,
+    flushIntervalMs: SECOND,
+    /** Bytes of the block being encoded before it is closed and compressed. */
+    blockBytes: 1 * MiB,
+    maxMemoryBytes: 64 * MiB,
+    maxFrozenWindows: 50,
+    maxFrozenBytes: 512 * MiB,
+  },
+} as const;
+
+export interface Range {
+  min: number;
+  max: number;
+  /** How the README and error messages show the range, e.g. "1ms to 1s". */
+  text: string;
+  /** Only whole numbers (ms handed to the native reader's int, counts). */
+  integer?: boolean;
+}
+
+/**
+ * What each option accepts. The bounds keep every value inside what the code
+ * under it can take (a Node timer, the native reader's int poll timeout) and
+ * away from values that break the agent (a 0 ms flush loop, a 30-day poll
+ * that SIGTERM would wait for).
+ */
+export const RANGES = {
+  statsInterval: { min: SECOND, max: DAY, text: '1s to 24h' },
+  sensor: {
+    ringBytes: { min: 64 * KiB, max: 1 * GiB, text: '64KiB to 1GiB, a power of two', integer: true },
+    // the reader checks for a stop request once per poll: this bounds how long SIGTERM waits
+    pollInterval: { min: 1, max: SECOND, text: '1ms to 1s, whole ms', integer: true },
+    dnsTimeout: { min: 100, max: 10 * MINUTE, text: '100ms to 10m' },
+  },
+  buffer: {
+    maxBytes: { min: 16 * MiB, max: 64 * TiB, text: '16MiB to 64TiB', integer: true },
+    maxAge: { min: MINUTE, max: 366 * DAY, text: '1m to 366d' },
+    flushInterval: { min: 10, max: 10 * MINUTE, text: '10ms to 10m' },
+    maxMemoryBytes: { min: 4 * MiB, max: 64 * GiB, text: '4MiB to 64GiB', integer: true },
+    maxFrozenWindows: { min: 1, max: 10_000, text: '1 to 10000', integer: true },
+    maxFrozenBytes: { min: 1 * MiB, max: 64 * TiB, text: '1MiB to 64TiB', integer: true },
+  },
+  /** `amber trace --timeout`: one timer. */
+  traceTimeout: { min: 1, max: 24 * DAY, text: '1ms to 24d' },
+} as const satisfies Record<string, Range | Record<string, Range>>;
