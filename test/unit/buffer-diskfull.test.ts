@@ -123,7 +123,13 @@ describe('disk full (tmpfs)', () => {
       const after = noisyEvents(next, 500);
       buffer.append(after);
       next += 500;
+      // It writes again at its next retry (every flush interval): wait for that, bounded.
+      const deadline = Date.now() + 10_000;
       await buffer.flush();
+      while ((buffer.stats().writeError !== null || buffer.stats().memoryEvents > 0) && Date.now() < deadline) {
+        await sleep(50);
+        await buffer.flush();
+      }
       const resumed = buffer.stats();
       expect(resumed).toMatchObject({ writeError: null, memoryEvents: 0, droppedEvents: full.droppedEvents });
       expect(resumed.events).toBe(next - full.droppedEvents);
