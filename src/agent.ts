@@ -6,6 +6,7 @@
  * (the CLI does).
  */
 import type { Logger } from 'pino';
+import { type ApiServer, startApiServer } from './api/server';
 import { EventBuffer, type BufferLog } from './buffer';
 import type { AmberConfig } from './config';
 import { Pipeline } from './pipeline/pipeline';
@@ -16,6 +17,8 @@ export interface Agent {
   readonly sensor: Sensor;
   /** Every event the sensor delivers; subscribe here, never to the sensor. */
   readonly pipeline: Pipeline;
+  /** The gRPC API on config.api.listen. */
+  readonly api: ApiServer;
   /** Stops the sensor, writes what it delivered, closes the buffer. Idempotent. */
   close(): Promise<void>;
 }
@@ -51,7 +54,16 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
     await buffer.close();
     throw err;
   }
-  log.info({ event: 'started', dataDir: config.dataDir, types: config.sensor.types, programs: sensor.programs() }, 'amber agent recording');
+  let api: ApiServer;
+  try {
+    api = await startApiServer({ pipeline, buffer, sensor }, { ...config.api, nodeName: config.nodeName }, (level, obj, msg) => log[level](obj, msg));
+  } catch (err) {
+    await sensor.stop();
+    pipeline.close();
+    await buffer.close();
+    throw err;
+  }
+  log.info({ event: 'started', node: config.nodeName, api: api.addresses, dataDir: config.dataDir, types: config.sensor.types, programs: sensor.programs() }, 'amber agent recording');
 
   let lastDrops = 0;
   const logStats = (final = false) => {
@@ -78,11 +90,14 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
     buffer,
     sensor,
     pipeline,
+    api,
     close: () => {
       closing ??= (async () => {
         clearInterval(statsTimer);
+        api.setServing(false);
         await sensor.stop();
-        pipeline.close();
+        pipeline.close(); // ends the Trace streams, with their trailers
+        await api.close();
         logStats(true);
         await buffer.close();
         log.info({ event: 'stopped' }, 'amber agent stopped');

@@ -4,9 +4,10 @@ import pino from 'pino';
 import { startAgent } from '../agent';
 import { loadConfig } from '../config';
 
-export const AGENT_USAGE = `usage: amber agent [--config FILE] [--data-dir DIR] [--log-level LEVEL]
+export const AGENT_USAGE = `usage: amber agent [--config FILE] [--data-dir DIR] [--log-level LEVEL] [--listen ADDR]... [--node-name NAME]
   Records every event of this node into the rolling buffer under the data dir
-  (default /var/lib/amber). Every option has a default; a YAML file and AMBER_*
+  (default /var/lib/amber). The API listens on each --listen (unix:///path;
+  default unix:///run/amber/amber.sock); --node-name names this node (default the hostname). Every option has a default; a YAML file and AMBER_*
   environment variables override them (see the README's configuration reference).
   SIGTERM or SIGINT: stop the sensor, flush, close, exit 0.`;
 
@@ -17,6 +18,8 @@ export async function agentCommand(argv: string[], out: NodeJS.WritableStream, e
       config: { type: 'string', short: 'c' },
       'data-dir': { type: 'string' },
       'log-level': { type: 'string' },
+      listen: { type: 'string', multiple: true },
+      'node-name': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -30,6 +33,8 @@ export async function agentCommand(argv: string[], out: NodeJS.WritableStream, e
     overrides: [
       [['dataDir'], values['data-dir']],
       [['logLevel'], values['log-level']],
+      [['api', 'listen'], values.listen],
+      [['nodeName'], values['node-name']],
     ],
   });
   const log = pino({ level: config.logLevel, base: { pid: process.pid } });

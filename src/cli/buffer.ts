@@ -9,10 +9,12 @@ import type { BufferStats } from '../buffer';
 import { EVENT_TYPES } from '../sensor/events';
 import { FILTER_OPTIONS, FILTER_USAGE, filterFromOptions, integerOption, TIME_OPTIONS, TIME_USAGE } from './filter-options';
 import { clean, COLUMNS_HEADER, formatColumns } from './format';
+import { remoteQuery, SERVER_OPTIONS, SERVER_USAGE } from './remote';
 import { UsageError } from './usage';
 
-const QUERY_USAGE = `usage: amber buffer query [--data-dir DIR] [filter options] [-o columns|json] [--limit N]
-  --data-dir DIR              the data dir (default ${DEFAULT_DATA_DIR}), or a copy of one
+const QUERY_USAGE = `usage: amber buffer query [--server ADDR]... | --data-dir DIR [filter options] [-o columns|json] [--limit N]
+${SERVER_USAGE}
+  --data-dir DIR              read a data dir (${DEFAULT_DATA_DIR}, or a copy of one) offline, without an agent
   --type exec,open,...        event types (${EVENT_TYPES.join(', ')})
 ${TIME_USAGE}
 ${FILTER_USAGE}
@@ -31,7 +33,8 @@ export async function bufferQuery(argv: string[], out: NodeJS.WritableStream, er
       strict: true,
       allowPositionals: false,
       options: {
-        'data-dir': { type: 'string', default: DEFAULT_DATA_DIR },
+        'data-dir': { type: 'string' },
+        ...SERVER_OPTIONS,
         ...TIME_OPTIONS,
         ...FILTER_OPTIONS,
         type: { type: 'string' },
@@ -48,6 +51,8 @@ export async function bufferQuery(argv: string[], out: NodeJS.WritableStream, er
     if (output !== 'columns' && output !== 'json') throw new UsageError(`-o must be columns or json, got "${output}"`);
     const filter = filterFromOptions(values, nowNs());
     const limit = values.limit === undefined ? Infinity : integerOption('--limit', values.limit, 1);
+    if (values['data-dir'] === undefined) return remoteQuery({ servers: values.server, filter, format: output, limit }, out, err);
+    if (values.server) throw new UsageError('--data-dir and --server exclude each other');
 
     const buffer = await EventBuffer.openReadOnly(values['data-dir'], { log: warnTo(err) });
     const lines = new LineWriter(out);

@@ -9,9 +9,12 @@ import { compileFilter } from '../filter';
 import { nowNs, parseDurationMs } from '../time';
 import { FILTER_OPTIONS, FILTER_USAGE, filterFromOptions } from './filter-options';
 import { COLUMNS_HEADER, formatEvent, parseOutputFormat } from './format';
+import { remoteTrace, SERVER_OPTIONS, SERVER_USAGE } from './remote';
 import { parseEventTypes, UsageError } from './usage';
 
-export const TRACE_USAGE = `usage: amber trace <${EVENT_TYPES.join('|')}|all> --local [options]
+export const TRACE_USAGE = `usage: amber trace <${EVENT_TYPES.join('|')}|all> [--server ADDR]... | --local [options]
+${SERVER_USAGE}
+  --local                     load the sensor in this process instead (a node without an agent)
   -o, --output json|columns   output format (default columns)
 ${FILTER_USAGE}
   --timeout DURATION          stop after this long (e.g. 10s)
@@ -32,6 +35,7 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
     allowPositionals: true,
     options: {
       local: { type: 'boolean' },
+      ...SERVER_OPTIONS,
       output: { type: 'string', short: 'o' },
       ...FILTER_OPTIONS,
       timeout: { type: 'string' },
@@ -45,12 +49,16 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
   }
   if (positionals.length !== 1) throw new UsageError(TRACE_USAGE);
   const types = parseEventTypes(positionals[0], 'trace', true);
-  if (!values.local) {
-    throw new UsageError('tracing through a running agent is not available yet: add --local to trace in this process');
-  }
   const format = parseOutputFormat(values.output);
-  const matches = compileFilter(filterFromOptions(values, nowNs()));
+  const filter = filterFromOptions(values, nowNs());
   const timeoutMs = values.timeout !== undefined ? parseDurationMs(values.timeout) : undefined;
+  if (!values.local) {
+    if (values['dns-timeout'] !== undefined) throw new UsageError('--dns-timeout is the agent\'s setting (sensor.dnsTimeout); it applies to --local only');
+    if (positionals[0] !== 'all') filter.types = types;
+    return remoteTrace({ servers: values.server, filter, format, timeoutMs }, out, err);
+  }
+  if (values.server) throw new UsageError('--local and --server exclude each other');
+  const matches = compileFilter(filter);
   const dnsTimeoutMs = values['dns-timeout'] !== undefined ? parseDurationMs(values['dns-timeout']) : undefined;
 
   if (format === 'columns') out.write(`${COLUMNS_HEADER}\n`);

@@ -26,7 +26,8 @@ interface RunningAgent {
 async function startAgentProcess(dataDir: string, extraEnv: NodeJS.ProcessEnv = {}): Promise<RunningAgent> {
   const child = spawn(process.execPath, [CLI, 'agent', '--data-dir', dataDir], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, AMBER_STATS_INTERVAL: '1s', ...extraEnv },
+    // the API's socket in a directory of the test's own: never the node's /run/amber
+    env: { ...process.env, AMBER_STATS_INTERVAL: '1s', AMBER_API_LISTEN: `unix://${dataDir}-run/amber.sock`, ...extraEnv },
   });
   let logs = '';
   child.stdout!.on('data', (d: Buffer) => (logs += d.toString()));
@@ -83,6 +84,7 @@ describe('amber agent', () => {
     }
     await container?.remove();
     fs.rmSync(dataDir, { recursive: true, force: true });
+    fs.rmSync(`${dataDir}-run`, { recursive: true, force: true });
   });
 
   it('records a container into the buffer, and amber buffer query finds exactly its events by ID', async () => {
