@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
+import { service as healthService } from 'grpc-health-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/api/client';
 import { filterToProto } from '../../src/api/event-codec';
@@ -345,6 +346,39 @@ describe('the agent API over its unix socket', () => {
     expect(counted).toBe(COUNT);
     expect(status.types.find((t) => t.type === 'open')!.drops).toBe(0);
     fast.close();
+  });
+
+  it('answers the standard health check, and ends each Trace stream with its drop total when it stops', async () => {
+    const Health = grpc.makeGenericClientConstructor(healthService, 'grpc.health.v1.Health');
+    const health = new Health(`unix://${agent!.server.slice('unix://'.length)}`, grpc.credentials.createInsecure()) as grpc.Client & {
+      check(req: { service: string }, cb: (e: grpc.ServiceError | null, r: { status: string | number }) => void): void;
+    };
+    for (const name of ['', 'amber.v1.Amber']) {
+      const r = await new Promise<{ status: string | number }>((resolve, reject) => health.check({ service: name }, (e, res) => (e ? reject(e) : resolve(res))));
+      expect([1, 'SERVING']).toContain(r.status);
+    }
+    health.close();
+
+    const client = new AgentClient(agent!.server);
+    const { items, dropped } = client.trace({ types: ['exec'] });
+    let ended = false;
+    const reader = (async () => {
+      for await (const _ of items) void _;
+      ended = true;
+    })();
+    await until('the stream open', async () => ((await client.status()).activeStreams === 1 ? true : undefined));
+    const cli = amberStreaming(['trace', 'exec', '--server', agent!.server], async () => {
+      await until('the CLI stream open', async () => ((await client.status()).activeStreams === 2 ? true : undefined));
+      agent!.child.kill('SIGTERM');
+    });
+    expect(await agent!.exited).toBe(0);
+    await reader;
+    expect(ended).toBe(true);
+    expect(await dropped).toBe(0);
+    const run = await cli;
+    expect(run.code).toBe(0);
+    expect(run.stderr).toContain('amber: node-main: the agent ended the stream (it is stopping)');
+    client.close();
   });
 });
 
