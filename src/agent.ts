@@ -6,7 +6,7 @@
  * (the CLI does).
  */
 import type { Logger } from 'pino';
-import { type ApiServer, startApiServer } from './api/server';
+import { type ApiServer, checkApiOptions, startApiServer } from './api/server';
 import { EventBuffer, type BufferLog } from './buffer';
 import type { AmberConfig } from './config';
 import { Pipeline } from './pipeline/pipeline';
@@ -24,6 +24,7 @@ export interface Agent {
 }
 
 export async function startAgent(config: AmberConfig, log: Logger): Promise<Agent> {
+  checkApiOptions(config.api); // a listener that cannot be: refused before anything starts
   const bufferLog: BufferLog = (level, msg, fields) => log[level]({ event: 'buffer', ...fields }, msg);
   const buffer = await EventBuffer.open({
     dataDir: config.dataDir,

@@ -72,7 +72,10 @@ const apiSchema = z
     /** A Query stream ends after this long (DEADLINE_EXCEEDED). */
     queryTimeout: duration.default(300_000),
     /** mutual TLS for TCP listeners: PEM files, reloaded when they change on disk. */
-    tls: z.object({ ca: z.string().min(1), cert: z.string().min(1), key: z.string().min(1) }).strict().optional(),
+    tls: z
+      .object({ ca: z.string().min(1), cert: z.string().min(1), key: z.string().min(1), refreshInterval: duration.default(60_000) })
+      .strict()
+      .optional(),
     /** A file holding a bearer token TCP clients must send (on top of TLS). */
     tokenFile: z.string().min(1).optional(),
   })

@@ -7,6 +7,7 @@
  * buffer. Requests are bounded in size, count and time; a request that
  * cannot be decoded or does not validate gets INVALID_ARGUMENT, never a crash.
  */
+import { timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -41,6 +42,10 @@ export interface ApiOptions {
   maxRequestBytes: number;
   traceQueue: number;
   queryTimeout: number;
+  /** Mutual TLS for TCP listeners: PEM files, re-read every refreshInterval ms (rotated secrets). */
+  tls?: { ca: string; cert: string; key: string; refreshInterval: number };
+  /** A file holding the bearer token TCP callers must send. */
+  tokenFile?: string;
 }
 
 export interface ApiParts {
@@ -60,6 +65,9 @@ export interface ApiServer {
   /** Ends every call and stops listening. Idempotent. */
   close(): Promise<void>;
 }
+
+/** grpc-js's call.getAuthContext() (its type is not exported): 'ssl' on TLS connections. */
+type AuthContext = { transportSecurityType?: string };
 
 /** What a request decoded into, or why it could not be. */
 type Decoded<T> = T | { invalid: string };
@@ -89,16 +97,32 @@ export function requestFilter(message: Parameters<typeof filterFromProto>[0]): E
   return filter;
 }
 
-export async function startApiServer(parts: ApiParts, options: ApiOptions, log: ApiLog): Promise<ApiServer> {
+/** The listeners, or an Error saying why the API cannot start as configured (checked before the sensor loads). */
+export function checkApiOptions(options: Pick<ApiOptions, 'listen' | 'tls'>): Listener[] {
   const listeners = options.listen.map(parseListenAddress);
   for (const l of listeners) {
-    if (l.kind === 'tcp') {
+    if (l.kind === 'tcp' && !options.tls) {
       throw new Error(
-        `api.listen ${l.text}: TCP listeners need mutual TLS (api.tls: ca, cert, key), which this build does not provide yet: ` +
+        `api.listen ${l.text}: a TCP listener needs mutual TLS (api.tls: ca, cert, key): ` +
           'without it anyone who reaches the port could read every event of this node',
       );
     }
   }
+  return listeners;
+}
+
+export async function startApiServer(parts: ApiParts, options: ApiOptions, log: ApiLog): Promise<ApiServer> {
+  const listeners = checkApiOptions(options);
+  const token = options.tokenFile ? readToken(options.tokenFile) : undefined;
+  const tlsProvider = options.tls
+    ? new grpc.experimental.FileWatcherCertificateProvider({
+        caCertificateFile: options.tls.ca,
+        certificateFile: options.tls.cert,
+        privateKeyFile: options.tls.key,
+        refreshIntervalMs: options.tls.refreshInterval,
+      })
+    : undefined;
+  if (options.tls) for (const f of [options.tls.ca, options.tls.cert, options.tls.key]) readableFile(f);
   const started = Date.now();
   const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
   const streamsPerClient = new Map<string, number>();
@@ -114,15 +138,15 @@ export async function startApiServer(parts: ApiParts, options: ApiOptions, log: 
   });
 
   /** A client's identity for the stream cap: every local (unix socket) caller is one client; TCP callers by address. */
-  const clientOf = (call: { getPeer(): string }): string => {
+  const clientOf = (call: { getPeer(): string; getAuthContext(): AuthContext }): string => {
     const peer = call.getPeer();
-    if (!peer || peer.startsWith('unix:')) return 'local';
+    if (call.getAuthContext().transportSecurityType !== 'ssl') return 'local';
     const m = /^(?:ipv[46]:)?\[?([^\]]*?)\]?:\d+$/.exec(peer);
     return m ? m[1] : peer;
   };
 
   /** Takes one of the client's stream slots, or refuses with RESOURCE_EXHAUSTED; returns the release. */
-  const admit = (call: { getPeer(): string }): (() => void) | string => {
+  const admit = (call: { getPeer(): string; getAuthContext(): AuthContext }): (() => void) | string => {
     const client = clientOf(call);
     const open = streamsPerClient.get(client) ?? 0;
     if (open >= options.maxStreamsPerClient) {
@@ -145,8 +169,20 @@ export async function startApiServer(parts: ApiParts, options: ApiOptions, log: 
     call.emit('error', { code, details });
   };
 
+  /** TCP callers (already through mutual TLS) must also send the bearer token when one is configured; unix socket callers passed its 0600 mode. */
+  const unauthorized = (call: { getAuthContext(): AuthContext; metadata: grpc.Metadata }): string | undefined => {
+    // TLS is on TCP listeners only: a call without it came through the unix socket
+    if (!token || call.getAuthContext().transportSecurityType !== 'ssl') return undefined;
+    const sent = call.metadata.get('authorization')[0];
+    const want = Buffer.from(`Bearer ${token}`);
+    const got = Buffer.from(typeof sent === 'string' ? sent : '');
+    return got.length === want.length && timingSafeEqual(got, want) ? undefined : 'a valid bearer token is required (authorization: Bearer ...)';
+  };
+
   const trace = async (call: grpc.ServerWritableStream<Decoded<TraceRequest>, TraceResponse>) => {
     const req = call.request;
+    const denied = unauthorized(call);
+    if (denied) return fail(call, grpc.status.UNAUTHENTICATED, denied);
     if (isInvalid(req)) return fail(call, grpc.status.INVALID_ARGUMENT, req.invalid);
     let filter: EventFilter;
     try {
@@ -189,6 +225,8 @@ export async function startApiServer(parts: ApiParts, options: ApiOptions, log: 
 
   const query = async (call: grpc.ServerWritableStream<Decoded<QueryRequest>, QueryResponse>) => {
     const req = call.request;
+    const denied = unauthorized(call);
+    if (denied) return fail(call, grpc.status.UNAUTHENTICATED, denied);
     if (isInvalid(req)) return fail(call, grpc.status.INVALID_ARGUMENT, req.invalid);
     let filter: EventFilter;
     try {
@@ -225,6 +263,8 @@ export async function startApiServer(parts: ApiParts, options: ApiOptions, log: 
   };
 
   const status = (call: grpc.ServerUnaryCall<Decoded<StatusRequest>, StatusResponse>, callback: grpc.sendUnaryData<StatusResponse>) => {
+    const denied = unauthorized(call);
+    if (denied) return callback({ code: grpc.status.UNAUTHENTICATED, details: denied });
     if (isInvalid(call.request)) return callback({ code: grpc.status.INVALID_ARGUMENT, details: call.request.invalid });
     callback(null, statusOf(parts, options.nodeName, started, serving, active));
   };
@@ -235,7 +275,7 @@ export async function startApiServer(parts: ApiParts, options: ApiOptions, log: 
 
   const addresses: string[] = [];
   try {
-    for (const l of listeners) addresses.push(await bind(server, l));
+    for (const l of listeners) addresses.push(await bind(server, l, tlsProvider));
   } catch (err) {
     server.forceShutdown();
     throw err;
@@ -342,8 +382,16 @@ function statusOf(parts: ApiParts, node: string, started: number, serving: boole
 
 // ---- listeners ----
 
-async function bind(server: grpc.Server, l: Listener): Promise<string> {
-  if (l.kind !== 'unix') throw new Error(`unsupported listener ${l.text}`);
+async function bind(server: grpc.Server, l: Listener, tls: grpc.experimental.CertificateProvider | undefined): Promise<string> {
+  if (l.kind === 'tcp') {
+    if (!tls) throw new Error(`${l.text}: TCP needs TLS`);
+    // requireClientCertificate: only clients with a certificate of the CA get in
+    const creds = grpc.experimental.createCertificateProviderServerCredentials(tls, tls, true);
+    const port = await new Promise<number>((resolve, reject) => {
+      server.bindAsync(`${l.host}:${l.port}`, creds, (err, p) => (err ? reject(new Error(`cannot listen on ${l.text}: ${err.message}`)) : resolve(p)));
+    });
+    return `tcp://${l.host}:${port}`;
+  }
   await prepareSocketPath(l.path);
   await new Promise<void>((resolve, reject) => {
     server.bindAsync(`unix://${l.path}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(new Error(`cannot listen on ${l.text}: ${err.message}`)) : resolve()));
@@ -351,6 +399,25 @@ async function bind(server: grpc.Server, l: Listener): Promise<string> {
   // the directory (0700) already keeps others out; the socket's own mode says it again
   fs.chmodSync(l.path, 0o600);
   return l.text;
+}
+
+function readableFile(file: string): void {
+  try {
+    fs.accessSync(file, fs.constants.R_OK);
+  } catch (err) {
+    throw new Error(`api.tls: cannot read ${file}: ${(err as Error).message}`);
+  }
+}
+
+function readToken(file: string): string {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8').trim();
+  } catch (err) {
+    throw new Error(`api.tokenFile: cannot read ${file}: ${(err as Error).message}`);
+  }
+  if (text.length < 16) throw new Error(`api.tokenFile ${file}: the token is shorter than 16 characters`);
+  return text;
 }
 
 /**

@@ -9,7 +9,7 @@ import type { BufferStats } from '../buffer';
 import { EVENT_TYPES } from '../sensor/events';
 import { FILTER_OPTIONS, FILTER_USAGE, filterFromOptions, integerOption, TIME_OPTIONS, TIME_USAGE } from './filter-options';
 import { clean, COLUMNS_HEADER, formatColumns } from './format';
-import { remoteQuery, SERVER_OPTIONS, SERVER_USAGE } from './remote';
+import { remoteQuery, SERVER_OPTIONS, SERVER_USAGE, serversFromOptions } from './remote';
 import { UsageError } from './usage';
 
 const QUERY_USAGE = `usage: amber buffer query [--server ADDR]... | --data-dir DIR [filter options] [-o columns|json] [--limit N]
@@ -51,7 +51,7 @@ export async function bufferQuery(argv: string[], out: NodeJS.WritableStream, er
     if (output !== 'columns' && output !== 'json') throw new UsageError(`-o must be columns or json, got "${output}"`);
     const filter = filterFromOptions(values, nowNs());
     const limit = values.limit === undefined ? Infinity : integerOption('--limit', values.limit, 1);
-    if (values['data-dir'] === undefined) return remoteQuery({ servers: values.server, filter, format: output, limit }, out, err);
+    if (values['data-dir'] === undefined) return remoteQuery({ ...serversFromOptions(values), filter, format: output, limit }, out, err);
     if (values.server) throw new UsageError('--data-dir and --server exclude each other');
 
     const buffer = await EventBuffer.openReadOnly(values['data-dir'], { log: warnTo(err) });

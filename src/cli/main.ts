@@ -42,6 +42,12 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+// grpc-js puts an IP-address server's address in the TLS SNI, which Node deprecates (DEP0123): not the user's to fix
+process.removeAllListeners('warning');
+process.on('warning', (w: Error & { code?: string }) => {
+  if (w.code !== 'DEP0123') process.stderr.write(`(node) ${w.name}: ${w.message}\n`);
+});
+
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;

@@ -5,17 +5,42 @@
  * or a "node" key first in JSON). A node that cannot be reached or goes away
  * is reported once on stderr and the others go on; Ctrl-C ends every stream.
  */
-import { AgentClient, DEFAULT_SERVER, describeError } from '../api/client';
+import { AgentClient, type ClientAuth, DEFAULT_SERVER, describeError } from '../api/client';
 import type { EventFilter } from '../filter';
 import type { AmberEvent } from '../sensor/events';
 import { COLUMNS_HEADER, formatEvent, type OutputFormat } from './format';
+import { UsageError } from './usage';
 
 export const SERVER_OPTIONS = {
   server: { type: 'string', multiple: true },
+  'tls-ca': { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'token-file': { type: 'string' },
 } as const;
 
 export const SERVER_USAGE = `  --server ADDR               an agent: unix:///path or host:port (default ${DEFAULT_SERVER});
-                              repeat it to merge several agents' events (a NODE column)`;
+                              repeat it to merge several agents' events (a NODE column)
+  --tls-ca F --tls-cert F --tls-key F   PEM files for agents over TCP (mutual TLS)
+  --token-file F              the bearer token, when the agents want one`;
+
+export interface ServerOptionValues {
+  server?: string[];
+  'tls-ca'?: string;
+  'tls-cert'?: string;
+  'tls-key'?: string;
+  'token-file'?: string;
+}
+
+/** The servers and how to authenticate to them, from the options. */
+export function serversFromOptions(values: ServerOptionValues): { servers: string[] | undefined; auth: ClientAuth } {
+  const tlsFiles = [values['tls-ca'], values['tls-cert'], values['tls-key']];
+  const given = tlsFiles.filter((f) => f !== undefined).length;
+  if (given !== 0 && given !== 3) throw new UsageError('--tls-ca, --tls-cert and --tls-key go together');
+  const auth: ClientAuth = { tokenFile: values['token-file'] };
+  if (given === 3) auth.tls = { ca: tlsFiles[0]!, cert: tlsFiles[1]!, key: tlsFiles[2]! };
+  return { servers: values.server && values.server.length > 0 ? values.server : undefined, auth };
+}
 
 /** One agent of a fan-out: its client and the node name it answered with. */
 interface Node {
@@ -24,9 +49,9 @@ interface Node {
 }
 
 /** The agents named by --server (default the local socket), each asked its node name; unreachable ones are reported and left out. */
-export async function connectNodes(servers: string[] | undefined, err: NodeJS.WritableStream): Promise<Node[]> {
+export async function connectNodes(servers: string[] | undefined, auth: ClientAuth, err: NodeJS.WritableStream): Promise<Node[]> {
   const list = servers && servers.length > 0 ? servers : [DEFAULT_SERVER];
-  const clients = list.map((s) => new AgentClient(s)); // a malformed address throws here: a usage error, before any call
+  const clients = list.map((s) => new AgentClient(s, auth)); // a malformed address throws here: a usage error, before any call
   const nodes = await Promise.all(
     clients.map(async (client) => {
       try {
@@ -98,6 +123,7 @@ function onStop(timeoutMs: number | undefined, stop: () => void): () => void {
 
 export interface RemoteTraceOptions {
   servers: string[] | undefined;
+  auth: ClientAuth;
   filter: EventFilter;
   format: OutputFormat;
   timeoutMs?: number;
@@ -105,7 +131,7 @@ export interface RemoteTraceOptions {
 
 /** amber trace against agents. Exit code 0, or 1 when no agent could be reached. */
 export async function remoteTrace(opts: RemoteTraceOptions, out: NodeJS.WritableStream, err: NodeJS.WritableStream): Promise<number> {
-  const nodes = await connectNodes(opts.servers, err);
+  const nodes = await connectNodes(opts.servers, opts.auth, err);
   if (nodes.length === 0) return 1;
   const multi = (opts.servers?.length ?? 0) > 1;
   const printer = new Printer(out, opts.format, multi, nodes.map((n) => n.name));
@@ -150,11 +176,11 @@ export async function remoteTrace(opts: RemoteTraceOptions, out: NodeJS.Writable
 
 /** amber buffer query against agents, one after the other. Exit code 0, or 1 when an agent failed. */
 export async function remoteQuery(
-  opts: { servers: string[] | undefined; filter: EventFilter; format: OutputFormat; limit: number },
+  opts: { servers: string[] | undefined; auth: ClientAuth; filter: EventFilter; format: OutputFormat; limit: number },
   out: NodeJS.WritableStream,
   err: NodeJS.WritableStream,
 ): Promise<number> {
-  const nodes = await connectNodes(opts.servers, err);
+  const nodes = await connectNodes(opts.servers, opts.auth, err);
   if (nodes.length === 0) return 1;
   const multi = (opts.servers?.length ?? 0) > 1;
   const printer = new Printer(out, opts.format, multi, nodes.map((n) => n.name));

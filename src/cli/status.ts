@@ -4,7 +4,7 @@ import { describeError } from '../api/client';
 import type { StatusResponse } from '../api/gen/amber';
 import { formatTs } from '../time';
 import { clean } from './format';
-import { connectNodes, SERVER_OPTIONS, SERVER_USAGE } from './remote';
+import { connectNodes, SERVER_OPTIONS, SERVER_USAGE, serversFromOptions } from './remote';
 import { UsageError } from './usage';
 
 export const STATUS_USAGE = `usage: amber status [--server ADDR]... [-o text|json]
@@ -21,8 +21,8 @@ export async function statusCommand(argv: string[], out: NodeJS.WritableStream, 
     return 0;
   }
   if (values.output !== 'text' && values.output !== 'json') throw new UsageError(`-o must be text or json, got "${values.output}"`);
-  const servers = values.server && values.server.length > 0 ? values.server : undefined;
-  const nodes = await connectNodes(servers, err);
+  const { servers, auth } = serversFromOptions(values);
+  const nodes = await connectNodes(servers, auth, err);
   let code = nodes.length === (servers?.length ?? 1) ? 0 : 1;
   for (const { client } of nodes) {
     try {

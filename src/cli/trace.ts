@@ -9,7 +9,7 @@ import { compileFilter } from '../filter';
 import { nowNs, parseDurationMs } from '../time';
 import { FILTER_OPTIONS, FILTER_USAGE, filterFromOptions } from './filter-options';
 import { COLUMNS_HEADER, formatEvent, parseOutputFormat } from './format';
-import { remoteTrace, SERVER_OPTIONS, SERVER_USAGE } from './remote';
+import { remoteTrace, SERVER_OPTIONS, SERVER_USAGE, serversFromOptions } from './remote';
 import { parseEventTypes, UsageError } from './usage';
 
 export const TRACE_USAGE = `usage: amber trace <${EVENT_TYPES.join('|')}|all> [--server ADDR]... | --local [options]
@@ -55,7 +55,7 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
   if (!values.local) {
     if (values['dns-timeout'] !== undefined) throw new UsageError('--dns-timeout is the agent\'s setting (sensor.dnsTimeout); it applies to --local only');
     if (positionals[0] !== 'all') filter.types = types;
-    return remoteTrace({ servers: values.server, filter, format, timeoutMs }, out, err);
+    return remoteTrace({ ...serversFromOptions(values), filter, format, timeoutMs }, out, err);
   }
   if (values.server) throw new UsageError('--local and --server exclude each other');
   const matches = compileFilter(filter);
