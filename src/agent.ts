@@ -6,6 +6,7 @@
  * (the CLI does).
  */
 import type { Logger } from 'pino';
+import { type Metrics, startMetrics } from './api/metrics';
 import { type ApiServer, checkApiOptions, startApiServer } from './api/server';
 import { EventBuffer, type BufferLog } from './buffer';
 import type { AmberConfig } from './config';
@@ -19,6 +20,8 @@ export interface Agent {
   readonly pipeline: Pipeline;
   /** The gRPC API on config.api.listen. */
   readonly api: ApiServer;
+  /** The Prometheus endpoint, when config.metrics.listen is set. */
+  readonly metrics: Metrics | undefined;
   /** Stops the sensor, writes what it delivered, closes the buffer. Idempotent. */
   close(): Promise<void>;
 }
@@ -55,16 +58,20 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
     await buffer.close();
     throw err;
   }
-  let api: ApiServer;
+  let api: ApiServer | undefined;
+  let metrics: Metrics | undefined;
   try {
-    api = await startApiServer({ pipeline, buffer, sensor }, { ...config.api, nodeName: config.nodeName }, (level, obj, msg) => log[level](obj, msg));
+    const parts = { pipeline, buffer, sensor };
+    if (config.metrics.listen) metrics = await startMetrics(config.metrics.listen, parts, () => api?.activeStreams() ?? 0);
+    api = await startApiServer(parts, { ...config.api, nodeName: config.nodeName }, (level, obj, msg) => log[level](obj, msg), metrics?.observeRequest);
   } catch (err) {
+    await metrics?.close();
     await sensor.stop();
     pipeline.close();
     await buffer.close();
     throw err;
   }
-  log.info({ event: 'started', node: config.nodeName, api: api.addresses, dataDir: config.dataDir, types: config.sensor.types, programs: sensor.programs() }, 'amber agent recording');
+  log.info({ event: 'started', node: config.nodeName, api: api.addresses, metrics: metrics?.address, dataDir: config.dataDir, types: config.sensor.types, programs: sensor.programs() }, 'amber agent recording');
 
   let lastDrops = 0;
   const logStats = (final = false) => {
@@ -92,6 +99,7 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
     sensor,
     pipeline,
     api,
+    metrics,
     close: () => {
       closing ??= (async () => {
         clearInterval(statsTimer);
@@ -99,6 +107,7 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
         await sensor.stop();
         pipeline.close(); // ends the Trace streams, with their trailers
         await api.close();
+        await metrics?.close();
         logStats(true);
         await buffer.close();
         log.info({ event: 'stopped' }, 'amber agent stopped');

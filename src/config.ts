@@ -81,6 +81,13 @@ const apiSchema = z
   })
   .strict();
 
+const metricsSchema = z
+  .object({
+    /** host:port of the Prometheus endpoint (GET /metrics); "" (the default): off. */
+    listen: z.string().default(''),
+  })
+  .strict();
+
 export const configSchema = z
   .object({
     dataDir: z.string().min(1).default('/var/lib/amber'),
@@ -92,6 +99,7 @@ export const configSchema = z
     sensor: sensorSchema.default(sensorSchema.parse({})),
     buffer: bufferSchema.default(bufferSchema.parse({})),
     api: apiSchema.default(apiSchema.parse({})),
+    metrics: metricsSchema.default(metricsSchema.parse({})),
   })
   .strict();
 

@@ -55,6 +55,8 @@ export interface ApiParts {
 }
 
 export type ApiLog = (level: 'info' | 'warn', obj: Record<string, unknown>, msg: string) => void;
+/** Told when each call ends: its method, gRPC status name and duration (the metrics). */
+export type ObserveRequest = (method: string, code: string, seconds: number) => void;
 
 export interface ApiServer {
   /** Where it listens, as configured (unix://..., tcp://host:port with the bound port). */
@@ -111,7 +113,7 @@ export function checkApiOptions(options: Pick<ApiOptions, 'listen' | 'tls'>): Li
   return listeners;
 }
 
-export async function startApiServer(parts: ApiParts, options: ApiOptions, log: ApiLog): Promise<ApiServer> {
+export async function startApiServer(parts: ApiParts, options: ApiOptions, log: ApiLog, observe: ObserveRequest = () => {}): Promise<ApiServer> {
   const listeners = checkApiOptions(options);
   const token = options.tokenFile ? readToken(options.tokenFile) : undefined;
   const tlsProvider = options.tls
@@ -165,7 +167,19 @@ export async function startApiServer(parts: ApiParts, options: ApiOptions, log: 
     };
   };
 
-  const fail = (call: grpc.ServerWritableStream<unknown, unknown>, code: grpc.status, details: string) => {
+  /** Reports a call's end once, for the metrics. */
+  const ender = (method: string) => {
+    const t0 = process.hrtime.bigint();
+    let ended = false;
+    return (code: grpc.status) => {
+      if (ended) return;
+      ended = true;
+      observe(method, grpc.status[code] ?? String(code), Number(process.hrtime.bigint() - t0) / 1e9);
+    };
+  };
+
+  const fail = (call: grpc.ServerWritableStream<unknown, unknown>, code: grpc.status, details: string, end: (code: grpc.status) => void) => {
+    end(code);
     call.emit('error', { code, details });
   };
 
@@ -180,18 +194,19 @@ export async function startApiServer(parts: ApiParts, options: ApiOptions, log: 
   };
 
   const trace = async (call: grpc.ServerWritableStream<Decoded<TraceRequest>, TraceResponse>) => {
+    const end = ender('Trace');
     const req = call.request;
     const denied = unauthorized(call);
-    if (denied) return fail(call, grpc.status.UNAUTHENTICATED, denied);
-    if (isInvalid(req)) return fail(call, grpc.status.INVALID_ARGUMENT, req.invalid);
+    if (denied) return fail(call, grpc.status.UNAUTHENTICATED, denied, end);
+    if (isInvalid(req)) return fail(call, grpc.status.INVALID_ARGUMENT, req.invalid, end);
     let filter: EventFilter;
     try {
       filter = requestFilter(req.filter);
     } catch (err) {
-      return fail(call, grpc.status.INVALID_ARGUMENT, (err as Error).message);
+      return fail(call, grpc.status.INVALID_ARGUMENT, (err as Error).message, end);
     }
     const release = admit(call);
-    if (typeof release === 'string') return fail(call, grpc.status.RESOURCE_EXHAUSTED, release);
+    if (typeof release === 'string') return fail(call, grpc.status.RESOURCE_EXHAUSTED, release, end);
     const maxQueued = req.maxQueued > 0 ? Math.min(req.maxQueued, options.traceQueue) : options.traceQueue;
     const name = `api:trace#${nextId++}`;
     const stream = parts.pipeline.stream(name, { filter, maxQueued });
@@ -220,22 +235,24 @@ export async function startApiServer(parts: ApiParts, options: ApiOptions, log: 
       const trailer = new grpc.Metadata();
       trailer.set(DROPPED_TRAILER, String(dropped));
       call.end(trailer);
-    }
+      end(grpc.status.OK);
+    } else end(grpc.status.CANCELLED);
   };
 
   const query = async (call: grpc.ServerWritableStream<Decoded<QueryRequest>, QueryResponse>) => {
+    const end = ender('Query');
     const req = call.request;
     const denied = unauthorized(call);
-    if (denied) return fail(call, grpc.status.UNAUTHENTICATED, denied);
-    if (isInvalid(req)) return fail(call, grpc.status.INVALID_ARGUMENT, req.invalid);
+    if (denied) return fail(call, grpc.status.UNAUTHENTICATED, denied, end);
+    if (isInvalid(req)) return fail(call, grpc.status.INVALID_ARGUMENT, req.invalid, end);
     let filter: EventFilter;
     try {
       filter = requestFilter(req.filter);
     } catch (err) {
-      return fail(call, grpc.status.INVALID_ARGUMENT, (err as Error).message);
+      return fail(call, grpc.status.INVALID_ARGUMENT, (err as Error).message, end);
     }
     const release = admit(call);
-    if (typeof release === 'string') return fail(call, grpc.status.RESOURCE_EXHAUSTED, release);
+    if (typeof release === 'string') return fail(call, grpc.status.RESOURCE_EXHAUSTED, release, end);
     const deadline = Date.now() + options.queryTimeout;
     let left = req.limit > 0 ? req.limit : Infinity;
     const batches = parts.buffer.queryBatches(filter);
@@ -243,7 +260,7 @@ export async function startApiServer(parts: ApiParts, options: ApiOptions, log: 
       for await (const batch of batches) {
         if (call.cancelled) break;
         if (Date.now() > deadline) {
-          return fail(call, grpc.status.DEADLINE_EXCEEDED, `the query ran longer than api.queryTimeout (${options.queryTimeout} ms)`);
+          return fail(call, grpc.status.DEADLINE_EXCEEDED, `the query ran longer than api.queryTimeout (${options.queryTimeout} ms)`, end);
         }
         const events: AmberEvent[] = batch.length > left ? batch.slice(0, left) : batch;
         left -= events.length;
@@ -254,19 +271,30 @@ export async function startApiServer(parts: ApiParts, options: ApiOptions, log: 
       }
     } catch (err) {
       log('warn', { event: 'api-query-failed', error: (err as Error).message }, 'a Query failed');
-      return fail(call, grpc.status.INTERNAL, `the query failed: ${(err as Error).message}`);
+      return fail(call, grpc.status.INTERNAL, `the query failed: ${(err as Error).message}`, end);
     } finally {
       await batches.return(undefined);
       release();
     }
-    if (!call.cancelled) call.end();
+    if (!call.cancelled) {
+      call.end();
+      end(grpc.status.OK);
+    } else end(grpc.status.CANCELLED);
   };
 
   const status = (call: grpc.ServerUnaryCall<Decoded<StatusRequest>, StatusResponse>, callback: grpc.sendUnaryData<StatusResponse>) => {
+    const end = ender('Status');
     const denied = unauthorized(call);
-    if (denied) return callback({ code: grpc.status.UNAUTHENTICATED, details: denied });
-    if (isInvalid(call.request)) return callback({ code: grpc.status.INVALID_ARGUMENT, details: call.request.invalid });
+    if (denied) {
+      end(grpc.status.UNAUTHENTICATED);
+      return callback({ code: grpc.status.UNAUTHENTICATED, details: denied });
+    }
+    if (isInvalid(call.request)) {
+      end(grpc.status.INVALID_ARGUMENT);
+      return callback({ code: grpc.status.INVALID_ARGUMENT, details: call.request.invalid });
+    }
     callback(null, statusOf(parts, options.nodeName, started, serving, active));
+    end(grpc.status.OK);
   };
 
   let serving = true;

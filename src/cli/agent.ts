@@ -4,10 +4,11 @@ import pino from 'pino';
 import { startAgent } from '../agent';
 import { loadConfig } from '../config';
 
-export const AGENT_USAGE = `usage: amber agent [--config FILE] [--data-dir DIR] [--log-level LEVEL] [--listen ADDR]... [--node-name NAME]
+export const AGENT_USAGE = `usage: amber agent [--config FILE] [--data-dir DIR] [--log-level LEVEL] [--listen ADDR]... [--node-name NAME] [--metrics-listen HOST:PORT]
   Records every event of this node into the rolling buffer under the data dir
   (default /var/lib/amber). The API listens on each --listen (unix:///path;
-  default unix:///run/amber/amber.sock); --node-name names this node (default the hostname). Every option has a default; a YAML file and AMBER_*
+  default unix:///run/amber/amber.sock); --node-name names this node (default the hostname);
+  --metrics-listen serves Prometheus metrics at http://HOST:PORT/metrics (default off). Every option has a default; a YAML file and AMBER_*
   environment variables override them (see the README's configuration reference).
   SIGTERM or SIGINT: stop the sensor, flush, close, exit 0.`;
 
@@ -20,6 +21,7 @@ export async function agentCommand(argv: string[], out: NodeJS.WritableStream, e
       'log-level': { type: 'string' },
       listen: { type: 'string', multiple: true },
       'node-name': { type: 'string' },
+      'metrics-listen': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -35,6 +37,7 @@ export async function agentCommand(argv: string[], out: NodeJS.WritableStream, e
       [['logLevel'], values['log-level']],
       [['api', 'listen'], values.listen],
       [['nodeName'], values['node-name']],
+      [['metrics', 'listen'], values['metrics-listen']],
     ],
   });
   const log = pino({ level: config.logLevel, base: { pid: process.pid } });

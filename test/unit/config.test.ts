@@ -34,6 +34,7 @@ describe('config', () => {
         traceQueue: 65_536,
         queryTimeout: 300_000,
       },
+      metrics: { listen: '' },
     });
   });
 
@@ -89,6 +90,7 @@ describe('config', () => {
       'AMBER_API_MAX_REQUEST_BYTES',
       'AMBER_API_TRACE_QUEUE',
       'AMBER_API_QUERY_TIMEOUT',
+      'AMBER_METRICS_LISTEN',
     ]);
   });
 
