@@ -227,6 +227,10 @@ export async function startApiServer(parts: ApiParts, options: ApiOptions, log: 
           await write(call, { events: item.events.slice(i, i + EVENTS_PER_MESSAGE).map(toProto), dropped: 0 });
         }
       }
+    } catch (err) {
+      // the client went away under a write, or an event did not map: this stream ends, the agent goes on
+      log('warn', { event: 'api-trace-failed', subscriber: name, error: (err as Error).message }, 'a Trace stream failed');
+      if (!call.cancelled) return fail(call, grpc.status.INTERNAL, `the stream failed: ${(err as Error).message}`, end);
     } finally {
       stream.close();
       release();
