@@ -6,6 +6,7 @@
  * is reported once on stderr and the others go on; Ctrl-C ends every stream.
  */
 import { AgentClient, type ClientAuth, DEFAULT_SERVER, describeError } from '../api/client';
+import { discoverAgents, K8S_DEFAULTS, type K8sDiscovery } from '../api/k8s';
 import type { EventFilter } from '../filter';
 import type { AmberEvent } from '../sensor/events';
 import { COLUMNS_HEADER, formatEvent, type OutputFormat } from './format';
@@ -17,12 +18,20 @@ export const SERVER_OPTIONS = {
   'tls-cert': { type: 'string' },
   'tls-key': { type: 'string' },
   'token-file': { type: 'string' },
+  k8s: { type: 'boolean' },
+  'k8s-namespace': { type: 'string' },
+  'k8s-selector': { type: 'string' },
+  'k8s-port': { type: 'string' },
+  kubeconfig: { type: 'string' },
 } as const;
 
 export const SERVER_USAGE = `  --server ADDR               an agent: unix:///path or host:port (default ${DEFAULT_SERVER});
                               repeat it to merge several agents' events (a NODE column)
   --tls-ca F --tls-cert F --tls-key F   PEM files for agents over TCP (mutual TLS)
-  --token-file F              the bearer token, when the agents want one`;
+  --token-file F              the bearer token, when the agents want one
+  --k8s                       every agent of the cluster: their pods (--k8s-namespace, default ${K8S_DEFAULTS.namespace};
+                              --k8s-selector, default ${K8S_DEFAULTS.selector}) on --k8s-port (default ${K8S_DEFAULTS.port}),
+                              found through the Kubernetes API (--kubeconfig, KUBECONFIG, ~/.kube/config or in-cluster)`;
 
 export interface ServerOptionValues {
   server?: string[];
@@ -30,16 +39,37 @@ export interface ServerOptionValues {
   'tls-cert'?: string;
   'tls-key'?: string;
   'token-file'?: string;
+  k8s?: boolean;
+  'k8s-namespace'?: string;
+  'k8s-selector'?: string;
+  'k8s-port'?: string;
+  kubeconfig?: string;
 }
 
 /** The servers and how to authenticate to them, from the options. */
-export function serversFromOptions(values: ServerOptionValues): { servers: string[] | undefined; auth: ClientAuth } {
+export function serversFromOptions(values: ServerOptionValues): { servers: string[] | undefined; auth: ClientAuth; k8s?: K8sDiscovery } {
   const tlsFiles = [values['tls-ca'], values['tls-cert'], values['tls-key']];
   const given = tlsFiles.filter((f) => f !== undefined).length;
   if (given !== 0 && given !== 3) throw new UsageError('--tls-ca, --tls-cert and --tls-key go together');
   const auth: ClientAuth = { tokenFile: values['token-file'] };
   if (given === 3) auth.tls = { ca: tlsFiles[0]!, cert: tlsFiles[1]!, key: tlsFiles[2]! };
-  return { servers: values.server && values.server.length > 0 ? values.server : undefined, auth };
+  const servers = values.server && values.server.length > 0 ? values.server : undefined;
+  const k8sFlags = ['k8s-namespace', 'k8s-selector', 'k8s-port', 'kubeconfig'] as const;
+  if (!values.k8s) {
+    const stray = k8sFlags.find((f) => values[f] !== undefined);
+    if (stray) throw new UsageError(`--${stray} goes with --k8s`);
+    return { servers, auth };
+  }
+  if (servers) throw new UsageError('--k8s and --server exclude each other');
+  const port = values['k8s-port'] === undefined ? K8S_DEFAULTS.port : Number(values['k8s-port']);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new UsageError(`--k8s-port must be a port number, got "${values['k8s-port']}"`);
+  const k8s: K8sDiscovery = {
+    namespace: values['k8s-namespace'] ?? K8S_DEFAULTS.namespace,
+    selector: values['k8s-selector'] ?? K8S_DEFAULTS.selector,
+    port,
+    kubeconfig: values.kubeconfig,
+  };
+  return { servers, auth, k8s };
 }
 
 /** One agent of a fan-out: its client and the node name it answered with. */
@@ -48,9 +78,28 @@ interface Node {
   name: string;
 }
 
-/** The agents named by --server (default the local socket), each asked its node name; unreachable ones are reported and left out. */
-export async function connectNodes(servers: string[] | undefined, auth: ClientAuth, err: NodeJS.WritableStream): Promise<Node[]> {
-  const list = servers && servers.length > 0 ? servers : [DEFAULT_SERVER];
+/**
+ * The agents named by --server (default the local socket) or found by --k8s,
+ * each asked its node name; unreachable ones are reported once and left out
+ * (`requested` says how many there were).
+ */
+export async function connectNodes(
+  servers: string[] | undefined,
+  auth: ClientAuth,
+  err: NodeJS.WritableStream,
+  k8s?: K8sDiscovery,
+): Promise<Node[] & { requested: number }> {
+  let list = servers && servers.length > 0 ? servers : [DEFAULT_SERVER];
+  if (k8s) {
+    let found;
+    try {
+      found = await discoverAgents(k8s);
+    } catch (e) {
+      throw new Error(`--k8s: cannot list the agents' pods in namespace ${k8s.namespace}: ${(e as Error).message}`);
+    }
+    if (found.length === 0) throw new Error(`--k8s: no running pods match ${k8s.selector} in namespace ${k8s.namespace}`);
+    list = found.map((a) => a.server);
+  }
   const clients = list.map((s) => new AgentClient(s, auth)); // a malformed address throws here: a usage error, before any call
   const nodes = await Promise.all(
     clients.map(async (client) => {
@@ -64,7 +113,10 @@ export async function connectNodes(servers: string[] | undefined, auth: ClientAu
       }
     }),
   );
-  return nodes.filter((n): n is Node => n !== null);
+  return Object.assign(
+    nodes.filter((n): n is Node => n !== null),
+    { requested: list.length },
+  );
 }
 
 /** Lines for stdout, with the node named when there are several. */
@@ -124,6 +176,7 @@ function onStop(timeoutMs: number | undefined, stop: () => void): () => void {
 export interface RemoteTraceOptions {
   servers: string[] | undefined;
   auth: ClientAuth;
+  k8s?: K8sDiscovery;
   filter: EventFilter;
   format: OutputFormat;
   timeoutMs?: number;
@@ -131,9 +184,9 @@ export interface RemoteTraceOptions {
 
 /** amber trace against agents. Exit code 0, or 1 when no agent could be reached. */
 export async function remoteTrace(opts: RemoteTraceOptions, out: NodeJS.WritableStream, err: NodeJS.WritableStream): Promise<number> {
-  const nodes = await connectNodes(opts.servers, opts.auth, err);
+  const nodes = await connectNodes(opts.servers, opts.auth, err, opts.k8s);
   if (nodes.length === 0) return 1;
-  const multi = (opts.servers?.length ?? 0) > 1;
+  const multi = (opts.servers?.length ?? 0) > 1 || opts.k8s !== undefined;
   const printer = new Printer(out, opts.format, multi, nodes.map((n) => n.name));
   printer.header();
   let stopping = false;
@@ -176,13 +229,13 @@ export async function remoteTrace(opts: RemoteTraceOptions, out: NodeJS.Writable
 
 /** amber buffer query against agents, one after the other. Exit code 0, or 1 when an agent failed. */
 export async function remoteQuery(
-  opts: { servers: string[] | undefined; auth: ClientAuth; filter: EventFilter; format: OutputFormat; limit: number },
+  opts: { servers: string[] | undefined; auth: ClientAuth; k8s?: K8sDiscovery; filter: EventFilter; format: OutputFormat; limit: number },
   out: NodeJS.WritableStream,
   err: NodeJS.WritableStream,
 ): Promise<number> {
-  const nodes = await connectNodes(opts.servers, opts.auth, err);
+  const nodes = await connectNodes(opts.servers, opts.auth, err, opts.k8s);
   if (nodes.length === 0) return 1;
-  const multi = (opts.servers?.length ?? 0) > 1;
+  const multi = (opts.servers?.length ?? 0) > 1 || opts.k8s !== undefined;
   const printer = new Printer(out, opts.format, multi, nodes.map((n) => n.name));
   printer.header();
   let stopping = false;

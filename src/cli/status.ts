@@ -21,9 +21,9 @@ export async function statusCommand(argv: string[], out: NodeJS.WritableStream, 
     return 0;
   }
   if (values.output !== 'text' && values.output !== 'json') throw new UsageError(`-o must be text or json, got "${values.output}"`);
-  const { servers, auth } = serversFromOptions(values);
-  const nodes = await connectNodes(servers, auth, err);
-  let code = nodes.length === (servers?.length ?? 1) ? 0 : 1;
+  const { servers, auth, k8s } = serversFromOptions(values);
+  const nodes = await connectNodes(servers, auth, err, k8s);
+  let code = nodes.length === nodes.requested ? 0 : 1;
   for (const { client } of nodes) {
     try {
       // a fresh answer: the one connectNodes got only named the node
