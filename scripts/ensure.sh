@@ -22,6 +22,7 @@ declare -A need=(
   [cmake]=/usr/bin/cmake
   [make]=/usr/bin/make
   [g++]=/usr/bin/g++
+  [protobuf-compiler]=/usr/bin/protoc
 )
 if [[ $mode == --test || $mode == --bench ]]; then
   need+=(
@@ -72,6 +73,16 @@ if [[ ! -f $addon ]] || [[ -n $(find bpf native -newer "$addon" -type f -print -
     say "native build failed; the output above says why"
     exit 1
   }
+fi
+proto=src/api/amber.proto
+gen=src/api/gen/amber.ts
+if [[ ! -f $gen || $proto -nt $gen || package-lock.json -nt $gen ]]; then
+  # the API's TypeScript is generated from the .proto (ts-proto), never committed
+  say "generating the API's TypeScript (protoc + ts-proto)"
+  mkdir -p src/api/gen
+  protoc --plugin=protoc-gen-ts_proto=node_modules/.bin/protoc-gen-ts_proto --ts_proto_out=src/api/gen \
+    --ts_proto_opt=outputServices=grpc-js,env=node,esModuleInterop=true,forceLong=number,oneof=unions,outputJsonMethods=false,outputPartialMethods=false \
+    -I src/api "$proto"
 fi
 say "compiling TypeScript"
 npx tsc -p tsconfig.json

@@ -6,6 +6,8 @@
  * (the CLI does).
  */
 import type { Logger } from 'pino';
+import { type Metrics, startMetrics } from './api/metrics';
+import { type ApiServer, checkApiOptions, startApiServer } from './api/server';
 import { EventBuffer, type BufferLog } from './buffer';
 import type { AmberConfig } from './config';
 import { Pipeline } from './pipeline/pipeline';
@@ -16,11 +18,16 @@ export interface Agent {
   readonly sensor: Sensor;
   /** Every event the sensor delivers; subscribe here, never to the sensor. */
   readonly pipeline: Pipeline;
+  /** The gRPC API on config.api.listen. */
+  readonly api: ApiServer;
+  /** The Prometheus endpoint, when config.metrics.listen is set. */
+  readonly metrics: Metrics | undefined;
   /** Stops the sensor, writes what it delivered, closes the buffer. Idempotent. */
   close(): Promise<void>;
 }
 
 export async function startAgent(config: AmberConfig, log: Logger): Promise<Agent> {
+  checkApiOptions(config.api); // a listener that cannot be: refused before anything starts
   const bufferLog: BufferLog = (level, msg, fields) => log[level]({ event: 'buffer', ...fields }, msg);
   const buffer = await EventBuffer.open({
     dataDir: config.dataDir,
@@ -51,7 +58,20 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
     await buffer.close();
     throw err;
   }
-  log.info({ event: 'started', dataDir: config.dataDir, types: config.sensor.types, programs: sensor.programs() }, 'amber agent recording');
+  let api: ApiServer | undefined;
+  let metrics: Metrics | undefined;
+  try {
+    const parts = { pipeline, buffer, sensor };
+    if (config.metrics.listen) metrics = await startMetrics(config.metrics.listen, parts, () => api?.activeStreams() ?? 0);
+    api = await startApiServer(parts, { ...config.api, nodeName: config.nodeName }, (level, obj, msg) => log[level](obj, msg), metrics?.observeRequest);
+  } catch (err) {
+    await metrics?.close();
+    await sensor.stop();
+    pipeline.close();
+    await buffer.close();
+    throw err;
+  }
+  log.info({ event: 'started', node: config.nodeName, api: api.addresses, metrics: metrics?.address, dataDir: config.dataDir, types: config.sensor.types, programs: sensor.programs() }, 'amber agent recording');
 
   let lastDrops = 0;
   const logStats = (final = false) => {
@@ -78,11 +98,16 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
     buffer,
     sensor,
     pipeline,
+    api,
+    metrics,
     close: () => {
       closing ??= (async () => {
         clearInterval(statsTimer);
+        api.setServing(false);
         await sensor.stop();
-        pipeline.close();
+        pipeline.close(); // ends the Trace streams, with their trailers
+        await api.close();
+        await metrics?.close();
         logStats(true);
         await buffer.close();
         log.info({ event: 'stopped' }, 'amber agent stopped');

@@ -4,6 +4,7 @@
  * default, so no file at all is a valid configuration.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { DEFAULTS, RANGES, type Range } from './defaults';
@@ -82,14 +83,50 @@ const bufferSchema = z
   })
   .strict();
 
+/** The agent's API (src/api/server.ts). */
+export const DEFAULT_API_SOCKET = DEFAULTS.api.socket;
+
+const apiSchema = z
+  .object({
+    /** unix:///path and tcp://host:port listeners (TCP needs tls). */
+    listen: z.array(z.string().min(1)).min(1).default([`unix://${DEFAULT_API_SOCKET}`]),
+    /** Open Trace/Query streams one client may have (a unix socket's clients are one client). */
+    maxStreamsPerClient: count(RANGES.api.maxStreamsPerClient).default(DEFAULTS.api.maxStreamsPerClient),
+    /** Largest request message accepted. */
+    maxRequestBytes: size(RANGES.api.maxRequestBytes).default(DEFAULTS.api.maxRequestBytes),
+    /** Events a Trace client may have waiting on the agent before the next are dropped (counted, told). */
+    traceQueue: count(RANGES.api.traceQueue).default(DEFAULTS.api.traceQueue),
+    /** A Query stream ends after this long (DEADLINE_EXCEEDED). */
+    queryTimeout: duration(RANGES.api.queryTimeout).default(DEFAULTS.api.queryTimeoutMs),
+    /** mutual TLS for TCP listeners: PEM files, reloaded when they change on disk. */
+    tls: z
+      .object({ ca: z.string().min(1), cert: z.string().min(1), key: z.string().min(1), refreshInterval: duration(RANGES.api.tlsRefresh).default(DEFAULTS.api.tlsRefreshMs) })
+      .strict()
+      .optional(),
+    /** A file holding a bearer token TCP clients must send (on top of TLS). */
+    tokenFile: z.string().min(1).optional(),
+  })
+  .strict();
+
+const metricsSchema = z
+  .object({
+    /** host:port of the Prometheus endpoint (GET /metrics); "" (the default): off. */
+    listen: z.string().default(''),
+  })
+  .strict();
+
 export const configSchema = z
   .object({
     dataDir: z.string().min(1).default(DEFAULTS.dataDir),
+    /** The name this node's events and status carry (the NODE column). */
+    nodeName: z.string().min(1).default(os.hostname()),
     logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default(DEFAULTS.logLevel),
     /** How often the agent logs its counters. */
     statsInterval: duration(RANGES.statsInterval).default(DEFAULTS.statsIntervalMs),
     sensor: sensorSchema.default(sensorSchema.parse({})),
     buffer: bufferSchema.default(bufferSchema.parse({})),
+    api: apiSchema.default(apiSchema.parse({})),
+    metrics: metricsSchema.default(metricsSchema.parse({})),
   })
   .strict();
 
@@ -170,7 +207,7 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv; overr
   for (const path of optionPaths()) {
     const value = env[envName(path)];
     if (value === undefined) continue;
-    setPath(raw, path, path[path.length - 1] === 'types' ? value.split(',').map((s) => s.trim()) : value);
+    setPath(raw, path, ['types', 'listen'].includes(path[path.length - 1]) ? value.split(',').map((s) => s.trim()) : value);
     const one = configSchema.safeParse(raw);
     if (!one.success) throw new ConfigError(describeIssues(one.error, `environment ${envName(path)}`));
   }

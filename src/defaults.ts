@@ -46,6 +46,14 @@ export const DEFAULTS = {
     maxFrozenWindows: 50,
     maxFrozenBytes: 512 * MiB,
   },
+  api: {
+    socket: '/run/amber/amber.sock',
+    maxStreamsPerClient: 16,
+    maxRequestBytes: 64 * KiB,
+    traceQueue: 65_536,
+    queryTimeoutMs: 5 * MINUTE,
+    tlsRefreshMs: MINUTE,
+  },
 } as const;
 
 export interface Range {
@@ -78,6 +86,13 @@ export const RANGES = {
     maxMemoryBytes: { min: 4 * MiB, max: 64 * GiB, text: '4MiB to 64GiB', integer: true },
     maxFrozenWindows: { min: 1, max: 10_000, text: '1 to 10000', integer: true },
     maxFrozenBytes: { min: 1 * MiB, max: 64 * TiB, text: '1MiB to 64TiB', integer: true },
+  },
+  api: {
+    maxStreamsPerClient: { min: 1, max: 1024, text: '1 to 1024', integer: true },
+    maxRequestBytes: { min: 1 * KiB, max: 16 * MiB, text: '1KiB to 16MiB', integer: true },
+    traceQueue: { min: 256, max: 16 * 1024 * 1024, text: '256 to 16777216', integer: true },
+    queryTimeout: { min: SECOND, max: DAY, text: '1s to 24h' },
+    tlsRefresh: { min: 100, max: DAY, text: '100ms to 24h' },
   },
   /** `amber trace --timeout`: one timer. */
   traceTimeout: { min: 1, max: 24 * DAY, text: '1ms to 24d' },

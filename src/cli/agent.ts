@@ -5,9 +5,11 @@ import { startAgent } from '../agent';
 import { loadConfig } from '../config';
 import { DEFAULTS } from '../defaults';
 
-export const AGENT_USAGE = `usage: amber agent [--config FILE] [--data-dir DIR] [--log-level LEVEL]
+export const AGENT_USAGE = `usage: amber agent [--config FILE] [--data-dir DIR] [--log-level LEVEL] [--listen ADDR]... [--node-name NAME] [--metrics-listen HOST:PORT]
   Records every event of this node into the rolling buffer under the data dir
-  (default ${DEFAULTS.dataDir}). Every option has a default; a YAML file and AMBER_*
+  (default ${DEFAULTS.dataDir}). The API listens on each --listen (unix:///path;
+  default unix:///run/amber/amber.sock); --node-name names this node (default the hostname);
+  --metrics-listen serves Prometheus metrics at http://HOST:PORT/metrics (default off). Every option has a default; a YAML file and AMBER_*
   environment variables override them (see the README's configuration reference).
   SIGTERM or SIGINT: stop the sensor, flush, close, exit 0.`;
 
@@ -18,6 +20,9 @@ export async function agentCommand(argv: string[], out: NodeJS.WritableStream, e
       config: { type: 'string', short: 'c' },
       'data-dir': { type: 'string' },
       'log-level': { type: 'string' },
+      listen: { type: 'string', multiple: true },
+      'node-name': { type: 'string' },
+      'metrics-listen': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -31,6 +36,9 @@ export async function agentCommand(argv: string[], out: NodeJS.WritableStream, e
     overrides: [
       [['dataDir'], values['data-dir']],
       [['logLevel'], values['log-level']],
+      [['api', 'listen'], values.listen],
+      [['nodeName'], values['node-name']],
+      [['metrics', 'listen'], values['metrics-listen']],
     ],
   });
   const log = pino({ level: config.logLevel, base: { pid: process.pid } });

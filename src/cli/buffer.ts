@@ -11,10 +11,12 @@ import { EVENT_TYPES } from '../sensor/events';
 import { FILTER_OPTIONS, FILTER_USAGE, filterFromOptions, integerOption, TIME_OPTIONS, TIME_USAGE } from './filter-options';
 import { clean, COLUMNS_HEADER, eventFormatter, parseOutputFormat } from './format';
 import { note, OutputWriter } from './output';
+import { remoteQuery, SERVER_OPTIONS, SERVER_USAGE, serversFromOptions } from './remote';
 import { UsageError } from './usage';
 
-const QUERY_USAGE = `usage: amber buffer query [--data-dir DIR] [filter options] [-o columns|json] [--limit N]
-  --data-dir DIR              the data dir (default ${DEFAULTS.dataDir}), or a copy of one
+const QUERY_USAGE = `usage: amber buffer query [--server ADDR]... | --data-dir DIR [filter options] [-o columns|json] [--limit N]
+${SERVER_USAGE}
+  --data-dir DIR              read a data dir (${DEFAULTS.dataDir}, or a copy of one) offline, without an agent
   --type exec,open,...        event types (${EVENT_TYPES.join(', ')})
 ${TIME_USAGE}
 ${FILTER_USAGE}
@@ -35,7 +37,8 @@ export async function bufferQuery(argv: string[], out: NodeJS.WritableStream, er
       strict: true,
       allowPositionals: false,
       options: {
-        'data-dir': { type: 'string', default: DEFAULTS.dataDir },
+        'data-dir': { type: 'string' },
+        ...SERVER_OPTIONS,
         ...TIME_OPTIONS,
         ...FILTER_OPTIONS,
         type: { type: 'string' },
@@ -48,13 +51,16 @@ export async function bufferQuery(argv: string[], out: NodeJS.WritableStream, er
       out.write(QUERY_USAGE);
       return 0;
     }
-    const show = eventFormatter(parseOutputFormat(values.output));
+    const format = parseOutputFormat(values.output);
+    const show = eventFormatter(format);
     const filter = filterFromOptions(values, nowNs());
     const limit = values.limit === undefined ? Infinity : integerOption('--limit', values.limit, 1);
+    if (values['data-dir'] === undefined) return remoteQuery({ ...serversFromOptions(values), filter, format, limit }, out, err);
+    if (values.server) throw new UsageError('--data-dir and --server exclude each other');
 
     const buffer = await EventBuffer.openReadOnly(values['data-dir'], { log: warnTo(err) });
     const output = new OutputWriter(out);
-    if (values.output === 'columns') output.write(`${COLUMNS_HEADER}\n`);
+    if (format === 'columns') output.write(`${COLUMNS_HEADER}\n`);
     let left = limit;
     try {
       for await (const batch of buffer.queryBatches(filter)) {

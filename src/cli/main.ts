@@ -2,15 +2,18 @@
 /** The amber command: the only place that reads argv and sets the exit code. */
 import { agentCommand } from './agent';
 import { bufferQuery, bufferStats } from './buffer';
+import { statusCommand } from './status';
 import { traceCommand } from './trace';
 import { UsageError } from './usage';
 
 const USAGE = `usage: amber <command> [options]
 commands:
   agent                       record every event of this node into the rolling buffer (the daemon)
-  trace <type|all> --local    stream events from this node's kernel (exec, exit, fork, open, connect, accept, dns)
-  buffer query                search a buffer's events (works offline on a data dir or a copy of one)
+  trace <type|all>            stream live events from agents (--server, repeatable; default the local socket),
+                              or from this node's kernel with --local (exec, exit, fork, open, connect, accept, dns)
+  buffer query                search the buffer of agents (--server), or a data dir offline (--data-dir)
   buffer stats                what a buffer holds
+  status                      what agents are doing: sensor, counters, drops, buffer (--server, repeatable)
 run "amber <command> --help" for a command's options`;
 
 async function main(argv: string[]): Promise<number> {
@@ -20,6 +23,8 @@ async function main(argv: string[]): Promise<number> {
       return agentCommand(rest, process.stdout, process.env);
     case 'trace':
       return traceCommand(rest, process.stdout, process.stderr);
+    case 'status':
+      return statusCommand(rest, process.stdout, process.stderr);
     case 'buffer': {
       const [sub, ...args] = rest;
       if (sub === 'query') return bufferQuery(args, process.stdout, process.stderr);
@@ -40,6 +45,11 @@ async function main(argv: string[]): Promise<number> {
 // A reader that went away (EPIPE) is not a crash: commands write through OutputWriter, which stops quietly.
 process.stdout.on('error', () => {});
 process.stderr.on('error', () => {});
+// grpc-js puts an IP-address server's address in the TLS SNI, which Node deprecates (DEP0123): not the user's to fix
+process.removeAllListeners('warning');
+process.on('warning', (w: Error & { code?: string }) => {
+  if (w.code !== 'DEP0123') process.stderr.write(`(node) ${w.name}: ${w.message}\n`);
+});
 
 main(process.argv.slice(2)).then(
   (code) => {

@@ -1,8 +1,8 @@
 /**
- * amber trace <type|all> --local: load the sensor in this process and stream
- * its events, like Inspektor Gadget's trace gadgets. The same code path as the
- * agent: the sensor publishes into a Pipeline and the output subscribes to it
- * with the command's filter.
+ * amber trace <type|all>: stream events like Inspektor Gadget's trace gadgets,
+ * from running agents (--server, remote.ts) or, with --local, from a sensor
+ * loaded in this process. Locally it is the agent's code path: the sensor
+ * publishes into a Pipeline and the output takes the command's filter there.
  */
 import { parseArgs } from 'node:util';
 import { DEFAULTS, RANGES } from '../defaults';
@@ -14,9 +14,12 @@ import { nowNs } from '../time';
 import { durationOption, FILTER_OPTIONS, FILTER_USAGE, filterFromOptions } from './filter-options';
 import { COLUMNS_HEADER, eventFormatter, parseOutputFormat } from './format';
 import { note, OutputWriter } from './output';
+import { remoteTrace, SERVER_OPTIONS, SERVER_USAGE, serversFromOptions } from './remote';
 import { parseEventTypes, UsageError } from './usage';
 
-export const TRACE_USAGE = `usage: amber trace <${EVENT_TYPES.join('|')}|all> --local [options]
+export const TRACE_USAGE = `usage: amber trace <${EVENT_TYPES.join('|')}|all> [--server ADDR]... | --local [options]
+${SERVER_USAGE}
+  --local                     load the sensor in this process instead (a node without an agent)
   -o, --output json|columns   output format (default columns)
 ${FILTER_USAGE}
   --timeout DURATION          stop after this long (e.g. 10s; ${RANGES.traceTimeout.text})
@@ -28,6 +31,7 @@ It stops on --timeout, Ctrl-C, SIGTERM or when the reader of its output goes awa
 
 export const TRACE_OPTIONS = {
   local: { type: 'boolean' },
+  ...SERVER_OPTIONS,
   output: { type: 'string', short: 'o' },
   ...FILTER_OPTIONS,
   timeout: { type: 'string' },
@@ -50,12 +54,14 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
   }
   if (positionals.length !== 1) throw new UsageError(TRACE_USAGE);
   const types = parseEventTypes(positionals[0], 'trace', true);
-  if (!values.local) {
-    throw new UsageError('tracing through a running agent is not available yet: add --local to trace in this process');
-  }
   const format = parseOutputFormat(values.output);
   const filter: EventFilter = { ...filterFromOptions(values, nowNs()), types };
   const timeoutMs = values.timeout !== undefined ? durationOption('--timeout', values.timeout, RANGES.traceTimeout) : undefined;
+  if (!values.local) {
+    if (values['dns-timeout'] !== undefined) throw new UsageError("--dns-timeout is the agent's setting (sensor.dnsTimeout); it applies to --local only");
+    return remoteTrace({ ...serversFromOptions(values), filter, format, timeoutMs }, out, err);
+  }
+  if (values.server) throw new UsageError('--local and --server exclude each other');
   const dnsTimeoutMs =
     values['dns-timeout'] !== undefined ? durationOption('--dns-timeout', values['dns-timeout'], RANGES.sensor.dnsTimeout) : undefined;
 

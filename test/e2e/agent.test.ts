@@ -3,42 +3,18 @@
  * container doing known things, then `amber buffer query` on its data dir —
  * live, after a restart, after kill -9, and on a copy.
  */
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AmberEvent } from '../../src/sensor/events';
+import { CLI, type RunningAgent, startAgentProcess } from '../helpers/agent';
 import { programIdsHeldBy, waitForProgramsGone } from '../helpers/bpf';
 import { startContainer, uniqueName, type Container } from '../helpers/podman';
 
-const CLI = path.resolve(__dirname, '../../dist/src/cli/main.js');
 const execFileP = promisify(execFile);
-
-interface RunningAgent {
-  child: ChildProcess;
-  logs: () => string;
-  exited: Promise<number | null>;
-}
-
-/** Starts the agent; resolves once it logs that it is recording. */
-async function startAgentProcess(dataDir: string, extraEnv: NodeJS.ProcessEnv = {}): Promise<RunningAgent> {
-  const child = spawn(process.execPath, [CLI, 'agent', '--data-dir', dataDir], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, AMBER_STATS_INTERVAL: '1s', ...extraEnv },
-  });
-  let logs = '';
-  child.stdout!.on('data', (d: Buffer) => (logs += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (logs += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  const deadline = Date.now() + 60_000;
-  while (!logs.includes('"event":"started"')) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the agent did not start:\n${logs}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return { child, logs: () => logs, exited };
-}
 
 async function query(dataDir: string, ...args: string[]): Promise<AmberEvent[]> {
   const { stdout } = await execFileP(process.execPath, [CLI, 'buffer', 'query', '--data-dir', dataDir, '-o', 'json', ...args], {
@@ -83,6 +59,7 @@ describe('amber agent', () => {
     }
     await container?.remove();
     fs.rmSync(dataDir, { recursive: true, force: true });
+    fs.rmSync(`${dataDir}-run`, { recursive: true, force: true });
   });
 
   it('records a container into the buffer, and amber buffer query finds exactly its events by ID', async () => {

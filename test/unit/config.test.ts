@@ -16,6 +16,7 @@ describe('config', () => {
   it('has a working default for every option', () => {
     expect(loadConfig()).toEqual({
       dataDir: '/var/lib/amber',
+      nodeName: os.hostname(),
       logLevel: 'info',
       statsInterval: 60_000,
       sensor: { types: ['exec', 'exit', 'fork', 'open', 'connect', 'accept', 'dns'], ringBytes: 16 << 20, pollInterval: 10, dnsTimeout: 5000 },
@@ -27,6 +28,14 @@ describe('config', () => {
         maxFrozenWindows: 50,
         maxFrozenBytes: 512 << 20,
       },
+      api: {
+        listen: ['unix:///run/amber/amber.sock'],
+        maxStreamsPerClient: 16,
+        maxRequestBytes: 64 * 1024,
+        traceQueue: 65_536,
+        queryTimeout: 300_000,
+      },
+      metrics: { listen: '' },
     });
   });
 
@@ -117,6 +126,7 @@ describe('config', () => {
   it('derives one environment variable per option', () => {
     expect(optionPaths().map(envName)).toEqual([
       'AMBER_DATA_DIR',
+      'AMBER_NODE_NAME',
       'AMBER_LOG_LEVEL',
       'AMBER_STATS_INTERVAL',
       'AMBER_SENSOR_TYPES',
@@ -129,7 +139,17 @@ describe('config', () => {
       'AMBER_BUFFER_MAX_MEMORY_BYTES',
       'AMBER_BUFFER_MAX_FROZEN_WINDOWS',
       'AMBER_BUFFER_MAX_FROZEN_BYTES',
+      'AMBER_API_LISTEN',
+      'AMBER_API_MAX_STREAMS_PER_CLIENT',
+      'AMBER_API_MAX_REQUEST_BYTES',
+      'AMBER_API_TRACE_QUEUE',
+      'AMBER_API_QUERY_TIMEOUT',
+      'AMBER_METRICS_LISTEN',
     ]);
+  });
+
+  it('takes API listeners from the environment as a comma list', () => {
+    expect(loadConfig({ env: { AMBER_API_LISTEN: 'unix:///a/x.sock, unix:///b/y.sock' } }).api.listen).toEqual(['unix:///a/x.sock', 'unix:///b/y.sock']);
   });
 
   it.each([

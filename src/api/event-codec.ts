@@ -1,0 +1,252 @@
+/**
+ * The one mapping between decoded events (src/sensor/events.ts) and the API's
+ * Event messages. fromProto builds each event with the keys in the order the
+ * sensor's decoder does, so `JSON.stringify` of an event that crossed the API
+ * is byte for byte what `amber trace --local -o json` prints.
+ */
+import type { AmberEvent, DnsEvent, EventType, ExecEvent, OpenEvent, Proto, SockFields } from '../sensor/events';
+import type { EventFilter, Scope as FilterScope } from '../filter';
+import {
+  DnsDirection,
+  type Event as EventMessage,
+  type EventFilter as FilterMessage,
+  Scope,
+  type Sock,
+  Transport,
+} from './gen/amber';
+
+export type { EventMessage };
+
+export function toProto(ev: AmberEvent): EventMessage {
+  const msg: EventMessage = {
+    ts: ev.ts,
+    pid: ev.pid,
+    tid: ev.tid,
+    ppid: ev.ppid,
+    uid: ev.uid,
+    gid: ev.gid,
+    comm: ev.comm,
+    cgroupId: ev.cgroupId,
+    containerId: ev.containerId,
+    mntns: ev.mntns,
+    netns: ev.netns,
+    detail: undefined,
+  };
+  switch (ev.type) {
+    case 'exec':
+      msg.detail = {
+        $case: 'exec',
+        exec: {
+          filename: ev.filename,
+          exePath: ev.exePath,
+          args: ev.args,
+          argsTruncated: ev.argsTruncated,
+          upperLayer: ev.upperLayer,
+          fileless: ev.fileless,
+          script: ev.script,
+          pathTruncated: ev.pathTruncated,
+          filenameRaw: ev.filenameRaw,
+          exePathRaw: ev.exePathRaw,
+          argsRaw: ev.argsRaw,
+          scriptRaw: ev.scriptRaw,
+        },
+      };
+      break;
+    case 'exit':
+      msg.detail = { $case: 'exit', exit: { exitCode: ev.exitCode, signal: ev.signal } };
+      break;
+    case 'fork':
+      msg.detail = { $case: 'fork', fork: { childPid: ev.childPid } };
+      break;
+    case 'open':
+      msg.detail = {
+        $case: 'open',
+        open: { path: ev.path, flags: ev.flags, flagNames: ev.flagNames, mode: ev.mode, ret: ev.ret, pathTruncated: ev.pathTruncated, pathRaw: ev.pathRaw },
+      };
+      break;
+    case 'connect':
+      msg.detail = { $case: 'connect', connect: sockToProto(ev, ev.ret) };
+      break;
+    case 'accept':
+      msg.detail = { $case: 'accept', accept: sockToProto(ev, ev.ret) };
+      break;
+    case 'dns':
+      msg.detail = {
+        $case: 'dns',
+        dns: {
+          proto: transportToProto(ev.proto),
+          family: ev.family,
+          saddr: ev.saddr,
+          sport: ev.sport,
+          daddr: ev.daddr,
+          dport: ev.dport,
+          qr: ev.qr === 'Q' ? DnsDirection.DNS_DIRECTION_QUERY : DnsDirection.DNS_DIRECTION_RESPONSE,
+          id: ev.id,
+          name: ev.name,
+          qtype: ev.qtype,
+          rcode: ev.rcode,
+          answers: ev.answers.map((a) => ({ type: a.type, data: a.data })),
+          answersTruncated: ev.answersTruncated,
+          latencyNs: ev.latencyNs,
+        },
+      };
+      break;
+    default:
+      throw new TypeError(`not an event type: ${String((ev as { type: unknown }).type)}`);
+  }
+  return msg;
+}
+
+/** The event a message carries; a TypeError when it carries none or an unknown enum value. */
+export function fromProto(msg: EventMessage): AmberEvent {
+  const d = msg.detail;
+  if (!d) throw new TypeError('event without a type (no detail set)');
+  const { ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns } = msg;
+  switch (d.$case) {
+    case 'exec': {
+      const x = d.exec;
+      const ev: ExecEvent = {
+        type: 'exec', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns,
+        filename: x.filename,
+        exePath: x.exePath,
+        args: x.args,
+        argsTruncated: x.argsTruncated,
+        upperLayer: x.upperLayer,
+        fileless: x.fileless,
+      } as ExecEvent;
+      // absent, not undefined, where the event lacks them (recorded before they existed; bytes that were valid UTF-8)
+      if (x.script !== undefined) ev.script = x.script;
+      if (x.pathTruncated !== undefined) ev.pathTruncated = x.pathTruncated;
+      if (x.filenameRaw !== undefined) ev.filenameRaw = x.filenameRaw;
+      if (x.exePathRaw !== undefined) ev.exePathRaw = x.exePathRaw;
+      if (x.argsRaw !== undefined) ev.argsRaw = x.argsRaw;
+      if (x.scriptRaw !== undefined) ev.scriptRaw = x.scriptRaw;
+      return ev;
+    }
+    case 'exit':
+      return {
+        type: 'exit', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns,
+        exitCode: d.exit.exitCode,
+        signal: d.exit.signal,
+      };
+    case 'fork':
+      return { type: 'fork', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns, childPid: d.fork.childPid };
+    case 'open': {
+      const o = d.open;
+      const ev: OpenEvent = {
+        type: 'open', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns,
+        path: o.path,
+        flags: o.flags,
+        flagNames: o.flagNames,
+        mode: o.mode,
+        ret: o.ret,
+      } as OpenEvent;
+      if (o.pathTruncated !== undefined) ev.pathTruncated = o.pathTruncated;
+      if (o.pathRaw !== undefined) ev.pathRaw = o.pathRaw;
+      return ev;
+    }
+    case 'connect':
+      return { type: 'connect', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns, ...sockFromProto(d.connect) };
+    case 'accept':
+      return { type: 'accept', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns, ...sockFromProto(d.accept) };
+    case 'dns': {
+      const q = d.dns;
+      const qr = q.qr === DnsDirection.DNS_DIRECTION_QUERY ? 'Q' : q.qr === DnsDirection.DNS_DIRECTION_RESPONSE ? 'R' : undefined;
+      if (!qr) throw new TypeError(`dns event with an unknown direction ${q.qr}`);
+      const ev: DnsEvent = {
+        type: 'dns', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns,
+        proto: transportFromProto(q.proto),
+        family: familyFromProto(q.family),
+        saddr: q.saddr,
+        sport: q.sport,
+        daddr: q.daddr,
+        dport: q.dport,
+        qr,
+        id: q.id,
+        name: q.name,
+        qtype: q.qtype,
+        rcode: q.rcode,
+        answers: q.answers.map((a) => ({ type: a.type, data: a.data })),
+      } as DnsEvent;
+      if (q.answersTruncated !== undefined) ev.answersTruncated = q.answersTruncated;
+      // absent, not undefined: the decoder sets it only on paired responses
+      if (q.latencyNs !== undefined) ev.latencyNs = q.latencyNs;
+      return ev;
+    }
+    default:
+      throw new TypeError('event with an unknown detail');
+  }
+}
+
+function sockToProto(ev: SockFields, ret: number): Sock {
+  return {
+    proto: transportToProto(ev.proto),
+    family: ev.family,
+    saddr: ev.saddr,
+    sport: ev.sport,
+    daddr: ev.daddr,
+    dport: ev.dport,
+    ret,
+  };
+}
+
+function sockFromProto(s: Sock): SockFields & { ret: number } {
+  return {
+    proto: transportFromProto(s.proto),
+    family: familyFromProto(s.family),
+    saddr: s.saddr,
+    sport: s.sport,
+    daddr: s.daddr,
+    dport: s.dport,
+    ret: s.ret,
+  };
+}
+
+function transportToProto(p: Proto): Transport {
+  return p === 'tcp' ? Transport.TRANSPORT_TCP : Transport.TRANSPORT_UDP;
+}
+
+function transportFromProto(t: Transport): Proto {
+  if (t === Transport.TRANSPORT_TCP) return 'tcp';
+  if (t === Transport.TRANSPORT_UDP) return 'udp';
+  throw new TypeError(`unknown transport ${t}`);
+}
+
+function familyFromProto(f: number): 4 | 6 {
+  if (f === 4 || f === 6) return f;
+  throw new TypeError(`unknown address family ${f}`);
+}
+
+// ---- the filter ----
+
+export function filterToProto(f: EventFilter): FilterMessage {
+  return {
+    since: f.since,
+    until: f.until,
+    types: f.types ? [...f.types] : [],
+    container: f.container,
+    scope: f.scope === 'host' ? Scope.SCOPE_HOST : f.scope === 'containers' ? Scope.SCOPE_CONTAINERS : Scope.SCOPE_ALL,
+    pid: f.pid,
+    comm: f.comm,
+    match: f.match,
+  };
+}
+
+/** The filter a request asks for; not validated here (validateFilter says what is wrong). */
+export function filterFromProto(m: FilterMessage | undefined): EventFilter {
+  const f: EventFilter = {};
+  if (!m) return f;
+  if (m.since !== undefined) f.since = m.since;
+  if (m.until !== undefined) f.until = m.until;
+  if (m.types.length > 0) f.types = m.types as EventType[];
+  if (m.container !== undefined) f.container = m.container;
+  if (m.scope !== Scope.SCOPE_ALL) {
+    const scope: FilterScope | undefined = m.scope === Scope.SCOPE_HOST ? 'host' : m.scope === Scope.SCOPE_CONTAINERS ? 'containers' : undefined;
+    if (!scope) throw new RangeError(`unknown scope ${m.scope}`);
+    f.scope = scope;
+  }
+  if (m.pid !== undefined) f.pid = m.pid;
+  if (m.comm !== undefined) f.comm = m.comm;
+  if (m.match !== undefined) f.match = m.match;
+  return f;
+}
