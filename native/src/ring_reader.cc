@@ -22,6 +22,12 @@ RingReader::RingReader(int ring_fd, size_t batch_bytes, size_t batch_count, int 
 RingReader::~RingReader() {
   Stop();
   if (ring_) ring_buffer__free(ring_);
+  if (recycle_check_) {
+    // The handle outlives us until the loop closes it.
+    recycle_check_->data = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(recycle_check_),
+             [](uv_handle_t* handle) { delete reinterpret_cast<uv_check_t*>(handle); });
+  }
 }
 
 int RingReader::Open() {
@@ -30,8 +36,13 @@ int RingReader::Open() {
   return 0;
 }
 
-void RingReader::Start(BatchTsfn tsfn) {
+void RingReader::Start(BatchTsfn tsfn, uv_loop_t* loop) {
   tsfn_ = tsfn;
+  recycle_check_ = new uv_check_t;
+  uv_check_init(loop, recycle_check_);
+  recycle_check_->data = this;
+  uv_check_start(recycle_check_, OnLoopTurn);
+  uv_unref(reinterpret_cast<uv_handle_t*>(recycle_check_));  // never what keeps Node alive
   started_ = true;
   thread_ = std::thread([this] { Run(); });
 }
@@ -39,6 +50,9 @@ void RingReader::Start(BatchTsfn tsfn) {
 void RingReader::Stop() {
   if (!started_) return;
   started_ = false;
+  // The last drain needs batches, and the loop cannot turn while we wait here.
+  for (Batch* batch : delivered_) Recycle(batch);
+  delivered_.clear();
   stopping_ = true;
   pool_cv_.notify_all();
   if (thread_.joinable()) thread_.join();
@@ -61,6 +75,15 @@ void RingReader::Recycle(Batch* batch) {
     free_.push_back(batch);
   }
   pool_cv_.notify_one();
+}
+
+void RingReader::Delivered(Batch* batch) { delivered_.push_back(batch); }
+
+void RingReader::OnLoopTurn(uv_check_t* check) {
+  auto* reader = static_cast<RingReader*>(check->data);
+  if (!reader || reader->delivered_.empty()) return;
+  for (Batch* batch : reader->delivered_) reader->Recycle(batch);
+  reader->delivered_.clear();
 }
 
 bool RingReader::AcquireBatch(bool wait) {
@@ -139,7 +162,7 @@ void DeliverBatch(Napi::Env env, Napi::Function on_batch, RingReader* reader, Ba
     return;
   }
   Napi::Buffer<uint8_t> buffer = Napi::Buffer<uint8_t>::Copy(env, batch->data.data(), batch->used);
-  reader->Recycle(batch);
+  reader->Delivered(batch);
   on_batch.Call({buffer});
 }
 

@@ -2,6 +2,7 @@
 // batches of records (one call per batch, never per event).
 #pragma once
 #include <napi.h>
+#include <uv.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -40,16 +41,20 @@ class RingReader {
 
   // Creates the ring_buffer consumer; returns a negative errno on failure.
   int Open();
-  // Starts the thread; batches go to tsfn.
-  void Start(BatchTsfn tsfn);
+  // Starts the thread; batches go to tsfn, on the JS thread of loop.
+  void Start(BatchTsfn tsfn, uv_loop_t* loop);
   // Stops the thread after a last drain. Idempotent.
   void Stop();
   ReaderStats Stats();
   // The JS thread gives a delivered batch back.
   void Recycle(Batch* batch);
+  // JS thread: a batch JavaScript has been handed; given back once the event
+  // loop turns (see recycle_check_).
+  void Delivered(Batch* batch);
 
  private:
   static int OnSample(void* ctx, void* data, size_t size);
+  static void OnLoopTurn(uv_check_t* check);
   int Append(const void* data, size_t size);
   bool AcquireBatch(bool wait);
   void Flush();
@@ -69,6 +74,14 @@ class RingReader {
   std::vector<std::unique_ptr<Batch>> all_;
   std::vector<Batch*> free_;
   Batch* current_ = nullptr;  // reader thread only
+
+  // Batches JavaScript got since the event loop last turned (JS thread only).
+  // They go back to the pool from a check handle, after the loop's poll phase:
+  // recycled at once, a fast ring kept Node's thread-safe-function queue full
+  // and JavaScript ran up to 1000 batches without a turn of the loop (timers,
+  // signals and closed pipes waited seconds). So a turn takes at most the pool.
+  std::vector<Batch*> delivered_;
+  uv_check_t* recycle_check_ = nullptr;
 
   // Counted by the reader thread, published once per batch.
   uint64_t records_ = 0;

@@ -252,7 +252,9 @@ Napi::Value Sensor::Start(const Napi::CallbackInfo& info) {
         // Referenced while running (a started sensor is a reason to stay
         // alive); stop() releases it.
         reader_owned_by_tsfn_ = true;
-        reader_->Start(tsfn);
+        uv_loop_t* loop = nullptr;
+        napi_get_uv_event_loop(env, &loop);
+        reader_->Start(tsfn, loop);
         state_ = State::kRunning;
       },
       [this] { Teardown(); });
