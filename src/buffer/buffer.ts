@@ -25,22 +25,15 @@ import { QueryEngine, type VerifyResult } from './query-engine';
 import { SEGMENTS_DIR } from './segment';
 import { SegmentStore } from './store';
 import { NS_PER_MS } from '../time';
+import { DEFAULTS as ONE_TABLE } from '../defaults';
 
 export type { BufferLog, LogLevel } from './damage';
 export { MAX_FREEZE_AFTER_NS } from './freezer';
 export type { VerifyResult } from './query-engine';
 
 const MiB = 1024 * 1024;
-export const DEFAULT_DATA_DIR = '/var/lib/amber';
-const DEFAULTS = {
-  maxBytes: 256 * MiB,
-  maxAgeMs: 24 * 3600_000,
-  flushIntervalMs: 1000,
-  blockBytes: 1 * MiB,
-  maxMemoryBytes: 64 * MiB,
-  maxFrozenWindows: 50,
-  maxFrozenBytes: 512 * MiB,
-};
+/** Option defaults: the one table (src/defaults.ts) the configuration also reads. */
+const DEFAULTS = ONE_TABLE.buffer;
 
 export interface BufferOptions {
   dataDir: string;

@@ -1,4 +1,4 @@
-export { EventBuffer, DEFAULT_DATA_DIR, MAX_FREEZE_AFTER_NS } from './buffer';
+export { EventBuffer, MAX_FREEZE_AFTER_NS } from './buffer';
 export type { BufferOptions, BufferStats, BufferLog, LogLevel, VerifyResult } from './buffer';
 export { DataDirError } from './datadir';
 export { FreezeRefusedError } from './freeze';
