@@ -193,20 +193,35 @@ export async function startApiServer(parts: ApiParts, options: ApiOptions, log: 
     return got.length === want.length && timingSafeEqual(got, want) ? undefined : 'a valid bearer token is required (authorization: Bearer ...)';
   };
 
-  const trace = async (call: grpc.ServerWritableStream<Decoded<TraceRequest>, TraceResponse>) => {
-    const end = ender('Trace');
+  /**
+   * What every stream call passes before it streams: the token, a request that
+   * decoded, a filter that holds, the client's stream cap. Undefined when the
+   * call was already answered with the error.
+   */
+  const openStream = <Req extends { filter?: Parameters<typeof requestFilter>[0] }>(
+    call: grpc.ServerWritableStream<Decoded<Req>, unknown>,
+    method: string,
+  ): { end: (code: grpc.status) => void; req: Req; filter: EventFilter; release: () => void } | undefined => {
+    const end = ender(method);
     const req = call.request;
     const denied = unauthorized(call);
-    if (denied) return fail(call, grpc.status.UNAUTHENTICATED, denied, end);
-    if (isInvalid(req)) return fail(call, grpc.status.INVALID_ARGUMENT, req.invalid, end);
+    if (denied) return void fail(call, grpc.status.UNAUTHENTICATED, denied, end);
+    if (isInvalid(req)) return void fail(call, grpc.status.INVALID_ARGUMENT, req.invalid, end);
     let filter: EventFilter;
     try {
       filter = requestFilter(req.filter);
     } catch (err) {
-      return fail(call, grpc.status.INVALID_ARGUMENT, (err as Error).message, end);
+      return void fail(call, grpc.status.INVALID_ARGUMENT, (err as Error).message, end);
     }
     const release = admit(call);
-    if (typeof release === 'string') return fail(call, grpc.status.RESOURCE_EXHAUSTED, release, end);
+    if (typeof release === 'string') return void fail(call, grpc.status.RESOURCE_EXHAUSTED, release, end);
+    return { end, req, filter, release };
+  };
+
+  const trace = async (call: grpc.ServerWritableStream<Decoded<TraceRequest>, TraceResponse>) => {
+    const opened = openStream(call, 'Trace');
+    if (!opened) return;
+    const { end, req, filter, release } = opened;
     const maxQueued = req.maxQueued > 0 ? Math.min(req.maxQueued, options.traceQueue) : options.traceQueue;
     const name = `api:trace#${nextId++}`;
     const stream = parts.pipeline.stream(name, { filter, maxQueued });
@@ -244,19 +259,9 @@ export async function startApiServer(parts: ApiParts, options: ApiOptions, log: 
   };
 
   const query = async (call: grpc.ServerWritableStream<Decoded<QueryRequest>, QueryResponse>) => {
-    const end = ender('Query');
-    const req = call.request;
-    const denied = unauthorized(call);
-    if (denied) return fail(call, grpc.status.UNAUTHENTICATED, denied, end);
-    if (isInvalid(req)) return fail(call, grpc.status.INVALID_ARGUMENT, req.invalid, end);
-    let filter: EventFilter;
-    try {
-      filter = requestFilter(req.filter);
-    } catch (err) {
-      return fail(call, grpc.status.INVALID_ARGUMENT, (err as Error).message, end);
-    }
-    const release = admit(call);
-    if (typeof release === 'string') return fail(call, grpc.status.RESOURCE_EXHAUSTED, release, end);
+    const opened = openStream(call, 'Query');
+    if (!opened) return;
+    const { end, req, filter, release } = opened;
     const deadline = Date.now() + options.queryTimeout;
     let left = req.limit > 0 ? req.limit : Infinity;
     const batches = parts.buffer.queryBatches(filter);
