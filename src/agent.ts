@@ -10,7 +10,10 @@ import { type Metrics, startMetrics } from './api/metrics';
 import { type ApiServer, checkApiOptions, startApiServer } from './api/server';
 import { EventBuffer, type BufferLog } from './buffer';
 import type { AmberConfig } from './config';
+import { ContainerMetadataStore } from './containers/metadata';
+import { MetadataDir } from './containers/metadata-dir';
 import { Pipeline } from './pipeline/pipeline';
+import { preflight } from './sensor/preflight';
 import { countTotal, Sensor, type SensorStats } from './sensor/sensor';
 
 export interface Agent {
@@ -22,6 +25,8 @@ export interface Agent {
   readonly api: ApiServer;
   /** The Prometheus endpoint, when config.metrics.listen is set. */
   readonly metrics: Metrics | undefined;
+  /** Runtime and pod facts of every container seen, learned off the hot path, also written to <dataDir>/containers/. */
+  readonly containers: ContainerMetadataStore;
   /** Stops the sensor, writes what it delivered, closes the buffer. Idempotent. */
   close(): Promise<void>;
 }
@@ -42,9 +47,19 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
   const pipeline = new Pipeline((obj, msg) => log.warn(obj, msg));
   pipeline.addSink((events) => buffer.append(events));
   let sensor: Sensor;
+  let containers: ContainerMetadataStore | undefined;
   try {
+    // what the sensor needs, checked (and named) first; its cgroup v2 root is shared with the metadata store
+    const { cgroupRoot } = preflight({ needCgroupSkb: config.sensor.types.includes('dns') });
+    containers = new ContainerMetadataStore({
+      cgroupRoot,
+      dir: await MetadataDir.open(config.dataDir, { create: true }),
+      log: (obj, msg) => log.warn({ event: 'container-metadata', ...obj }, msg),
+    });
     sensor = await Sensor.start(
       {
+        cgroupRoot,
+        containers,
         types: config.sensor.types,
         ringBytes: config.sensor.ringBytes,
         pollMs: config.sensor.pollInterval,
@@ -55,6 +70,7 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
       pipeline.publish,
     );
   } catch (err) {
+    containers?.close();
     await buffer.close();
     throw err;
   }
@@ -68,6 +84,7 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
     await metrics?.close();
     await sensor.stop();
     pipeline.close();
+    containers.close();
     await buffer.close();
     throw err;
   }
@@ -100,6 +117,7 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
     pipeline,
     api,
     metrics,
+    containers,
     close: () => {
       closing ??= (async () => {
         clearInterval(statsTimer);
@@ -108,6 +126,8 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
         pipeline.close(); // ends the Trace streams, with their trailers
         await api.close();
         await metrics?.close();
+        await containers.flush(); // the last containers' files reach the data dir
+        containers.close();
         logStats(true);
         await buffer.close();
         log.info({ event: 'stopped' }, 'amber agent stopped');

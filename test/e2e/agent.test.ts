@@ -49,8 +49,10 @@ describe('amber agent', () => {
   let agent: RunningAgent | undefined;
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-agent-'));
 
+  const containerName = uniqueName('amber-e2e-agent');
+
   beforeAll(async () => {
-    container = await startContainer(uniqueName('amber-e2e-agent'));
+    container = await startContainer(containerName);
   });
   afterAll(async () => {
     if (agent && agent.child.exitCode === null) {
@@ -80,6 +82,11 @@ describe('amber agent', () => {
     agent.child.kill('SIGTERM');
     expect(await agent.exited).toBe(0);
     expect(agent.logs()).toContain('"event":"stopped"');
+
+    // what the agent learned of the container is in the data dir, for offline readers of a copy
+    const learned = JSON.parse(fs.readFileSync(path.join(dataDir, 'containers', `${container.id}.json`), 'utf8'));
+    expect(learned).toMatchObject({ containerId: container.id, runtime: 'podman', name: containerName, initPid: container.pid });
+    expect(fs.statSync(path.join(dataDir, 'containers')).mode & 0o777).toBe(0o700);
   });
 
   it('keeps events across a restart and a kill -9', async () => {
