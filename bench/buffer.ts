@@ -324,7 +324,10 @@ async function agentUnderOpenStorm(): Promise<string[]> {
   for (let round = 0; round < rounds; round++) {
     alone.push((await runChild(openStorm, [String(opens)])).seconds);
     const dir = await mkdtemp(path.join(tmpdir(), 'amber-bench-agent-'));
-    const config = loadConfig({ overrides: [[['dataDir'], dir], [['buffer', 'maxBytes'], 1024 * MiB]] });
+    // the API on a socket of its own: a node's agent may hold /run/amber/amber.sock
+    const config = loadConfig({
+      overrides: [[['dataDir'], dir], [['buffer', 'maxBytes'], 1024 * MiB], [['api', 'listen'], [`unix://${dir}/amber.sock`]]],
+    });
     const running = await startAgent(config, pino({ level: 'warn' }));
     let pid = -1;
     let ours = 0;
