@@ -6,7 +6,7 @@
 import { ContainerResolver, type ContainerInfo } from '../containers/resolver';
 import { loadBinding, type NativeSensor } from './binding';
 import { DnsTracker, parseDnsMessage } from './dns';
-import { EVENT_TYPES, type AmberEvent, type DnsEvent, type EventType } from './events';
+import { EVENT_TYPES, FINDING_TYPES, SENSOR_EVENT_TYPES, type AmberEvent, type DnsEvent, type EventType } from './events';
 import { preflight } from './preflight';
 import { decodeBatch, KIND_NAMES, SyscallFamily, type DecodeContext } from './records';
 
@@ -65,6 +65,9 @@ const PROGRAMS: Record<EventType, string[]> = {
   connect: ['amber_sys_exit'],
   accept: ['amber_sys_exit'],
   dns: ['amber_dns_egress', 'amber_dns_ingress'],
+  // findings: the detector makes them, no program reports them
+  drift: [],
+  alert: [],
 };
 /** The syscall families the sys_exit dispatcher serves for each type. */
 const SYSCALL_FAMILY: Partial<Record<EventType, number>> = {
@@ -111,7 +114,7 @@ export class Sensor {
   ) {}
 
   static async start(options: SensorOptions, onEvents: EventsListener): Promise<Sensor> {
-    const types = new Set(options.types ?? EVENT_TYPES);
+    const types = new Set((options.types ?? SENSOR_EVENT_TYPES).filter((t) => !(FINDING_TYPES as readonly string[]).includes(t)));
     const host = preflight({ needCgroupSkb: types.has('dns'), cgroupRoot: options.cgroupRoot });
     const binding = loadBinding();
     const resolver = new ContainerResolver({
@@ -192,7 +195,7 @@ export class Sensor {
   /** Counts and hands on one batch, without the types nobody asked for (connect and accept share a family). */
   private deliver(events: AmberEvent[]): void {
     let out = events;
-    if (this.types.size < EVENT_TYPES.length) out = events.filter((e) => this.types.has(e.type));
+    if (this.types.size < SENSOR_EVENT_TYPES.length) out = events.filter((e) => this.types.has(e.type));
     if (out.length === 0) return;
     for (const e of out) this.received[e.type]++;
     this.onEvents(out); // a fresh array per batch: the listener may keep it
