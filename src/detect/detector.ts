@@ -20,6 +20,7 @@ import type {
   AmberEvent,
   CommonFields,
   DriftEvent,
+  EventType,
   ExecEvent,
   FindingContainer,
 } from '../sensor/events';
@@ -49,6 +50,12 @@ export interface DetectorOptions {
   maxProcesses?: number;
   /** How long a finding waits for its container's metadata. */
   metadataWaitMs?: number;
+  /**
+   * `alert` findings per rule per second at most; more are counted (stats().alertsThrottled), not
+   * published: a rule that matches a workload's normal traffic must not double the event rate.
+   * Drift findings and incident decisions are never throttled.
+   */
+  maxAlertsPerRulePerSecond?: number;
 }
 
 export interface DetectorStats {
@@ -65,6 +72,8 @@ export interface DetectorStats {
   processes: number;
   /** Findings being finished (metadata, hash). */
   pending: number;
+  /** Alerts not published: over maxAlertsPerRulePerSecond. */
+  alertsThrottled: number;
 }
 
 export interface DetectorHandle {
@@ -78,7 +87,7 @@ export interface DetectorHandle {
   close(): void;
 }
 
-export const DEFAULT_DETECTOR = { maxQueued: 262_144, metadataWaitMs: 3000, mountCacheMs: 10_000 } as const;
+export const DEFAULT_DETECTOR = { maxQueued: 262_144, metadataWaitMs: 3000, mountCacheMs: 10_000, maxAlertsPerRulePerSecond: 100 } as const;
 
 export function startDetector(options: DetectorOptions): DetectorHandle {
   const d = new Detector(options);
@@ -95,25 +104,34 @@ class Detector implements DetectorHandle {
   private readonly ctx: RuleContext;
   private readonly listeners = new Set<(f: Finding) => void>();
   private readonly inFlight = new Set<Promise<void>>();
-  private readonly overlays = new Map<string, OverlayRoot | null>();
+  /** Overlay roots read from mountinfo; a failed read is retried after a second (`at`). */
+  private readonly overlays = new Map<string, { overlay: OverlayRoot | null; at: number }>();
   private readonly mounts = new Map<number, { at: number; entries: MountinfoEntry[] }>();
   private readonly log: (obj: Record<string, unknown>, msg: string) => void;
   private closed = false;
-  private readonly counts = { drift: 0, alerts: 0, hashed: 0, exitedBeforeHashing: 0, scriptsUnchecked: 0 };
+  private readonly counts = { drift: 0, alerts: 0, hashed: 0, exitedBeforeHashing: 0, scriptsUnchecked: 0, alertsThrottled: 0 };
+  /** Per rule: the second (ms / 1000) being counted and the alerts published in it. */
+  private readonly alertBudget = new Map<string, { second: number; used: number }>();
+  private readonly maxAlerts: number;
 
   constructor(private readonly options: DetectorOptions) {
     this.procRoot = options.procRoot ?? '/proc';
     this.table = new ProcessTable(options.maxProcesses ?? DEFAULT_MAX_PROCESSES, this.procRoot);
     this.hashes = new HashQueue({ ...DEFAULT_HASH, ...options.hash });
     this.log = options.log ?? (() => {});
+    this.maxAlerts = options.maxAlertsPerRulePerSecond ?? DEFAULT_DETECTOR.maxAlertsPerRulePerSecond;
     const metadata = options.metadata;
     this.ctx = { processes: this.table, container: (id) => metadata?.get(id) };
     // per type, whether any rule looks at it (findings excluded: they are judged where they are made)
-    this.rulesWant = new Map();
-    for (const t of ['exec', 'exit', 'fork', 'open', 'connect', 'accept', 'dns'] as const) this.rulesWant.set(t, options.rules.wants(t));
+    const wants = (t: EventType) => options.rules.wants(t);
+    this.rulesWant = {
+      exec: wants('exec'), exit: wants('exit'), fork: wants('fork'), open: wants('open'),
+      connect: wants('connect'), accept: wants('accept'), dns: wants('dns'), drift: false, alert: false,
+    };
   }
 
-  private readonly rulesWant: Map<string, boolean>;
+  /** Per type, whether a rule looks at it; findings are judged where they are made, never again. */
+  private readonly rulesWant: Record<EventType, boolean>;
 
   readonly process = (events: AmberEvent[]): void => {
     if (this.closed) return;
@@ -126,7 +144,7 @@ class Detector implements DetectorHandle {
         this.table.observe(ev);
         if (type === 'exec' && ev.containerId !== '') this.checkDrift(ev);
       }
-      if (want.get(type) !== true) continue; // findings (drift, alert) too: not ours to judge again
+      if (!want[type]) continue;
       const decision = rules.evaluate(ev, this.ctx);
       if (decision !== null && decision.action !== 'record') this.alert(ev, decision.action, decision.rules);
     }
@@ -248,15 +266,17 @@ class Detector implements DetectorHandle {
     const md = this.options.metadata?.get(ev.containerId);
     if (md?.overlay) return md.overlay;
     const cached = this.overlays.get(ev.containerId);
-    if (cached !== undefined) return cached;
+    const now = Date.now();
+    if (cached !== undefined && (cached.at === 0 || now - cached.at < 1000)) return cached.overlay;
     let overlay: OverlayRoot | null = null;
+    let at = 0;
     try {
       overlay = parseOverlayRoot(readFileSync(`${this.procRoot}/${ev.pid}/mountinfo`, 'utf8'));
     } catch {
-      return null; // gone: ask again on the next exec
+      at = now; // the process is gone: another of the container's may answer, a second from now
     }
     if (this.overlays.size >= 4096) this.overlays.clear();
-    this.overlays.set(ev.containerId, overlay);
+    this.overlays.set(ev.containerId, { overlay, at });
     return overlay;
   }
 
@@ -333,6 +353,10 @@ class Detector implements DetectorHandle {
   // --- alerts ---
 
   private alert(ev: AmberEvent, action: Action, rules: string[]): void {
+    if (action === 'alert' && this.throttled(rules[0])) {
+      this.counts.alertsThrottled++;
+      return;
+    }
     const md = ev.containerId === '' ? undefined : this.options.metadata?.get(ev.containerId);
     const alert: AlertEvent = {
       ...common(ev, 'alert'),
@@ -344,6 +368,20 @@ class Detector implements DetectorHandle {
     } as AlertEvent;
     this.counts.alerts++;
     this.publish(alert);
+  }
+
+  private throttled(rule: string): boolean {
+    const second = Math.floor(Date.now() / 1000);
+    let b = this.alertBudget.get(rule);
+    if (b === undefined) {
+      b = { second, used: 0 };
+      this.alertBudget.set(rule, b);
+    }
+    if (b.second !== second) {
+      b.second = second;
+      b.used = 0;
+    }
+    return ++b.used > this.maxAlerts;
   }
 
   private publish(finding: Finding): void {

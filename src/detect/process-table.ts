@@ -92,7 +92,7 @@ export class ProcessTable {
     const out: ProcessInfo[] = [];
     let cur = pid;
     for (let depth = 0; depth < MAX_DEPTH && cur > 0; depth++) {
-      const p = this.procs.get(cur) ?? this.fromProc(cur);
+      const p = this.lookup(cur);
       if (!p) {
         out.push({ pid: cur, comm: '', exePath: '', args: [] });
         break;
