@@ -63,7 +63,7 @@ export interface DetectorStats {
   alerts: number;
   /** Findings published with their hash. */
   hashed: number;
-  /** Drift whose process was gone before its file could be opened. */
+  /** Drift whose process was gone before its file could be opened (hashed from the upper layer or not at all). */
   exitedBeforeHashing: number;
   /** Files not hashed because the queue was full. */
   hashRefused: number;
@@ -179,14 +179,23 @@ class Detector implements DetectorHandle {
 
   private checkDrift(ev: ExecEvent): void {
     if (ev.upperLayer || ev.fileless) {
-      const pinned = this.pinExe(ev);
-      this.finish(ev, {
-        reason: ev.fileless ? 'fileless' : 'upper-layer',
-        subject: 'executable',
-        path: ev.exePath,
-        pinned,
-        overlay: ev.fileless ? null : this.overlayOf(ev),
-      });
+      let pinned = this.pinExe(ev);
+      let from: DriftEvent['hashedFrom'] = 'exe';
+      const overlay = ev.fileless ? null : this.overlayOf(ev);
+      if (pinned === EXITED && overlay !== null) {
+        // Gone already (a drop-run-exit takes a millisecond): the upper layer still has the file.
+        const onLayer = openUnder(overlay.upperdir, ev.exePath);
+        if (typeof onLayer !== 'string') {
+          if (Number(onLayer.stat.ctimeNs) <= ev.ts) {
+            pinned = onLayer;
+            from = 'upperdir';
+          } else {
+            closeSync(onLayer.fd);
+            pinned = `${EXITED}; the file on the upper layer changed after the exec`;
+          }
+        }
+      }
+      this.finish(ev, { reason: ev.fileless ? 'fileless' : 'upper-layer', subject: 'executable', path: ev.exePath, pinned, from, overlay });
       return;
     }
     if (ev.script !== '') {
@@ -198,7 +207,7 @@ class Detector implements DetectorHandle {
       // The script is on the upper layer when the upperdir holds its path (upper shadows lower).
       const pinned = openUnder(overlay.upperdir, ev.script);
       if (typeof pinned === 'string') return; // not on the upper layer: from the image
-      this.finish(ev, { reason: 'upper-layer', subject: 'script', path: ev.script, pinned, overlay });
+      this.finish(ev, { reason: 'upper-layer', subject: 'script', path: ev.script, pinned, from: 'script', overlay });
       return;
     }
     if (this.options.writableMounts) this.checkWritableMount(ev);
@@ -234,7 +243,7 @@ class Detector implements DetectorHandle {
       closeSync(pinned.fd);
       return;
     }
-    this.finish(ev, { reason: 'writable-mount', subject: 'executable', path: ev.exePath, pinned, overlay: null });
+    this.finish(ev, { reason: 'writable-mount', subject: 'executable', path: ev.exePath, pinned, from: 'exe', overlay: null });
   }
 
   private mountOf(pid: number, mntns: number, path: string): MountinfoEntry | null {
@@ -287,18 +296,20 @@ class Detector implements DetectorHandle {
       subject: DriftEvent['subject'];
       path: string;
       pinned: Pinned | string;
+      from: DriftEvent['hashedFrom'];
       overlay: OverlayRoot | null;
     },
   ): void {
     const md0 = this.options.metadata?.get(ev.containerId);
-    const ancestry = this.table.ancestry(ev.pid, ev.containerId, md0?.initPid ?? 0);
+    const ancestry = this.table.ancestry(ev.pid, ev.containerId, md0?.initPid ?? 0, ev.mntns);
     // What the layers say now: the container may be removed before the async part runs.
     const imageFile = found.reason === 'fileless' || found.overlay === null ? null : imageCopy(found.overlay.lowerdirs, found.path);
     const change: DriftEvent['change'] =
       found.reason === 'fileless' ? 'fileless' : found.overlay === null ? 'unknown' : imageFile ? 'modified' : 'created';
     const pinned = found.pinned;
     const file = typeof pinned === 'string' ? null : facts(pinned.stat);
-    if (pinned === EXITED) this.counts.exitedBeforeHashing++;
+    if (typeof pinned === 'string' && pinned.startsWith(EXITED)) this.counts.exitedBeforeHashing++;
+    if (found.from === 'upperdir') this.counts.exitedBeforeHashing++;
     const work = (async () => {
       const hash: HashResult = typeof pinned === 'string' ? { sha256: '', hashedBytes: 0, hashError: pinned } : await this.hashes.hash(pinned);
       if (hash.hashError === '') this.counts.hashed++;
@@ -320,6 +331,7 @@ class Detector implements DetectorHandle {
         sha256: hash.sha256,
         hashedBytes: hash.hashedBytes,
         hashError: hash.hashError,
+        hashedFrom: hash.hashError === '' ? found.from : '',
         exec: { filename: ev.filename, exePath: ev.exePath, args: ev.args, script: ev.script },
         ancestry,
         container: containerOf(md),
@@ -363,7 +375,7 @@ class Detector implements DetectorHandle {
       action,
       rules,
       event: ev,
-      ancestry: this.table.ancestry(ev.pid, ev.containerId, md?.initPid ?? 0),
+      ancestry: this.table.ancestry(ev.pid, ev.containerId, md?.initPid ?? 0, ev.mntns),
       container: containerOf(md),
     } as AlertEvent;
     this.counts.alerts++;

@@ -6,7 +6,7 @@
  * is read from /proc when a finding asks for its ancestry: rare, and never
  * on the per-event path.
  */
-import { readFileSync, readlinkSync } from 'node:fs';
+import { readFileSync, readlinkSync, statSync } from 'node:fs';
 import type { AmberEvent, ProcessInfo } from '../sensor/events';
 
 export const DEFAULT_MAX_PROCESSES = 65_536;
@@ -14,8 +14,10 @@ export const DEFAULT_MAX_PROCESSES = 65_536;
 const MAX_DEPTH = 64;
 
 export interface ProcessEntry extends ProcessInfo {
-  ppid: number;
+  /** "" for host processes, and for processes read from /proc (unknown there). */
   containerId: string;
+  /** Mount namespace: where a container's processes end (its runtime's are in another). */
+  mntns: number;
 }
 
 export class ProcessTable {
@@ -60,7 +62,7 @@ export class ProcessTable {
       case 'exec': {
         const known = this.procs.get(ev.pid);
         if (known) this.procs.delete(ev.pid); // re-inserted: most recent last
-        this.set({ pid: ev.pid, ppid: ev.ppid, comm: ev.comm, exePath: ev.exePath, args: ev.args, containerId: ev.containerId });
+        this.set({ pid: ev.pid, ppid: ev.ppid, comm: ev.comm, exePath: ev.exePath, args: ev.args, containerId: ev.containerId, mntns: ev.mntns });
         break;
       }
       case 'fork': {
@@ -74,6 +76,7 @@ export class ProcessTable {
           exePath: parent?.exePath ?? '',
           args: parent?.args ?? [],
           containerId: ev.containerId,
+          mntns: ev.mntns,
         });
         break;
       }
@@ -85,20 +88,20 @@ export class ProcessTable {
 
   /**
    * The process and its ancestors, nearest first, up to and including the
-   * container's init (stopPid), or the first ancestor outside the container
-   * (excluded: the runtime's processes), or pid 1.
+   * container's init (stopPid), or the first ancestor in another mount
+   * namespace than the container's (excluded: the runtime's processes,
+   * conmon, runc), or pid 1. Host processes (containerId "") go up to pid 1.
    */
-  ancestry(pid: number, containerId: string, stopPid = 0): ProcessInfo[] {
+  ancestry(pid: number, containerId: string, stopPid = 0, mntns = 0): ProcessInfo[] {
     const out: ProcessInfo[] = [];
     let cur = pid;
     for (let depth = 0; depth < MAX_DEPTH && cur > 0; depth++) {
       const p = this.lookup(cur);
-      if (!p) {
-        out.push({ pid: cur, comm: '', exePath: '', args: [] });
-        break;
+      if (!p) break; // gone and never seen: the previous entry's ppid names it
+      if (depth > 0 && containerId !== '') {
+        if (p.containerId !== '' ? p.containerId !== containerId : mntns !== 0 && p.mntns !== mntns) break;
       }
-      if (depth > 0 && containerId !== '' && p.containerId !== '' && p.containerId !== containerId) break;
-      out.push({ pid: p.pid, comm: p.comm, exePath: p.exePath, args: p.args });
+      out.push({ pid: p.pid, ppid: p.ppid, comm: p.comm, exePath: p.exePath, args: p.args });
       if (cur === stopPid || cur === 1 || p.ppid === cur) break;
       cur = p.ppid;
     }
@@ -128,7 +131,13 @@ export class ProcessTable {
       }
       const cmdline = readFileSync(`${this.procRoot}/${pid}/cmdline`, 'utf8');
       const args = cmdline === '' ? [] : cmdline.replace(/\0$/, '').split('\0');
-      return { pid, ppid, comm, exePath, args, containerId: '' };
+      let mntns = 0;
+      try {
+        mntns = statSync(`${this.procRoot}/${pid}/ns/mnt`).ino;
+      } catch {
+        // unknown
+      }
+      return { pid, ppid, comm, exePath, args, containerId: '', mntns };
     } catch {
       return undefined;
     }

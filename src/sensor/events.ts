@@ -163,6 +163,8 @@ export type Action = 'record' | 'alert' | 'incident';
 /** One process of a finding's ancestry, from the process table (or /proc for processes older than the agent). */
 export interface ProcessInfo {
   pid: number;
+  /** Its parent (the next entry, unless that one could not be found: gone before the agent saw it). */
+  ppid: number;
   comm: string;
   /** "" when unknown (a process the agent never saw exec and that is gone). */
   exePath: string;
@@ -224,6 +226,12 @@ export interface DriftEvent extends CommonFields {
   hashedBytes: number;
   /** "" when hashed; otherwise why not: "exited before hashing", "larger than the hash cap", ... */
   hashError: string;
+  /**
+   * What was hashed: "exe" the process's own executable (/proc/<pid>/exe, opened when the exec was
+   * seen); "upperdir" the file on the upper layer, because the process had already exited (only when
+   * its ctime is not after the exec: the bytes that ran); "script" the script on the upper layer; "" none.
+   */
+  hashedFrom: 'exe' | 'upperdir' | 'script' | '';
   /** The exec: filename, exePath, args and script as the kernel reported them. */
   exec: { filename: string; exePath: string; args: string[]; script: string };
   /** The process, then its parent, ... up to the container's init. */

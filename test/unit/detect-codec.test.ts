@@ -11,9 +11,9 @@ describe('findings in the buffer', () => {
       mntns: 4026531840, netns: 4026531992, action: 'incident', rules: ['drift'], reason: 'upper-layer', subject: 'executable',
       path: '/tmp/x', change: 'created', file: { size: 1234, mode: 0o100755, mtime: T0 - 5e6, ctime: T0 - 4e6 },
       mtimeSinceStartNs: 3_000_000_123, ctimeSinceStartNs: 3_000_001_123, imageFile: null,
-      sha256: 'ab'.repeat(32), hashedBytes: 1234, hashError: '',
+      sha256: 'ab'.repeat(32), hashedBytes: 1234, hashError: '', hashedFrom: 'exe',
       exec: { filename: '/tmp/x', exePath: '/tmp/x', args: ['/tmp/x', '-v'], script: '' },
-      ancestry: [{ pid: 300, comm: 'x', exePath: '/tmp/x', args: ['/tmp/x', '-v'] }, { pid: 10, comm: 'sh', exePath: '/bin/busybox', args: ['sh'] }],
+      ancestry: [{ pid: 300, ppid: 10, comm: 'x', exePath: '/tmp/x', args: ['/tmp/x', '-v'] }, { pid: 10, ppid: 9, comm: 'sh', exePath: '/bin/busybox', args: ['sh'] }],
       container: { runtime: 'podman', name: 'web', image: 'localhost/web:1', imageId: 'sha256:00', startedAt: '2024-05-01T11:59:57.000Z', pod: null },
     };
     const open = openEvent(T0 + 1, { path: '/etc/passwd', flags: 1, flagNames: ['O_WRONLY'] });

@@ -29,7 +29,7 @@ function driftEvent(over: Partial<DriftEvent> = {}): DriftEvent {
     type: 'drift', ts: exec.ts, pid: exec.pid, tid: exec.tid, ppid: exec.ppid, uid: 0, gid: 0, comm: 'x', cgroupId: exec.cgroupId,
     containerId: exec.containerId, mntns: exec.mntns, netns: exec.netns, action: 'record', rules: [], reason: 'upper-layer',
     subject: 'executable', path: '/tmp/x', change: 'created', file: null, mtimeSinceStartNs: null, ctimeSinceStartNs: null,
-    imageFile: null, sha256: '', hashedBytes: 0, hashError: '', exec: { filename: '/tmp/x', exePath: '/tmp/x', args: ['x'], script: '' },
+    imageFile: null, sha256: '', hashedBytes: 0, hashError: '', hashedFrom: '', exec: { filename: '/tmp/x', exePath: '/tmp/x', args: ['x'], script: '' },
     ancestry: [], container: null, ...over,
   };
 }
