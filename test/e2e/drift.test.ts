@@ -140,6 +140,7 @@ describe('drift findings (real sensor, podman)', () => {
       exec: { filename: '/tmp/x', exePath: '/tmp/x', args: ['/tmp/x', 'echo', 'dropped'], script: '' },
       container: { runtime: 'podman', name, image: DRIFT_IMAGE, imageId: md.imageId, startedAt: md.startedAt, pod: null },
     });
+    if (process.env.AMBER_SHOW_FINDING) console.log(JSON.stringify(d, null, 2));
     // x ("applet not found") exits within a millisecond: usually before the sensor's batch reaches the detector
     expect(['exe', 'upperdir']).toContain(d.hashedFrom);
     expect(d.file!.size).toBe(BUSYBOX.length);
