@@ -69,6 +69,8 @@ export interface DetectorStats {
   hashRefused: number;
   /** Script execs in containers whose overlay root could not be found (not checked). */
   scriptsUnchecked: number;
+  /** Execs from writable mounts whose process was gone before its file could be checked (writableMounts). */
+  mountsUnchecked: number;
   processes: number;
   /** Findings being finished (metadata, hash). */
   pending: number;
@@ -109,7 +111,7 @@ class Detector implements DetectorHandle {
   private readonly mounts = new Map<number, { at: number; entries: MountinfoEntry[] }>();
   private readonly log: (obj: Record<string, unknown>, msg: string) => void;
   private closed = false;
-  private readonly counts = { drift: 0, alerts: 0, hashed: 0, exitedBeforeHashing: 0, scriptsUnchecked: 0, alertsThrottled: 0 };
+  private readonly counts = { drift: 0, alerts: 0, hashed: 0, exitedBeforeHashing: 0, scriptsUnchecked: 0, mountsUnchecked: 0, alertsThrottled: 0 };
   /** Per rule: the second (ms / 1000) being counted and the alerts published in it. */
   private readonly alertBudget = new Map<string, { second: number; used: number }>();
   private readonly maxAlerts: number;
@@ -235,7 +237,10 @@ class Detector implements DetectorHandle {
     if (mount === null || mount.mountPoint === '/') return;
     if (!mount.superOptions.some(([k]) => k === 'rw') || PSEUDO_FS.has(mount.fsType)) return;
     const pinned = this.pinExe(ev);
-    if (typeof pinned === 'string') return; // cannot tell whether it was written after the start
+    if (typeof pinned === 'string') {
+      this.counts.mountsUnchecked++; // cannot tell whether it was written after the start
+      return;
+    }
     const md = this.options.metadata?.get(ev.containerId);
     const startNs = md?.startedAt ? Date.parse(md.startedAt) * 1e6 : NaN;
     const written = Math.max(Number(pinned.stat.mtimeNs), Number(pinned.stat.ctimeNs));

@@ -65,7 +65,7 @@ describe('drift findings (real sensor, podman)', () => {
   beforeAll(async () => {
     await ensureDriftImage();
     store = new ContainerMetadataStore({ cgroupRoot: CGROUP_ROOT });
-    detector = startDetector({ pipeline, metadata: store, rules: loadRules(path.join(__dirname, '..', '..', 'rules', 'default.yaml')) });
+    detector = startDetector({ pipeline, metadata: store, writableMounts: true, rules: loadRules(path.join(__dirname, '..', '..', 'rules', 'default.yaml')) });
     pipeline.addSink((batch) => events.push(...batch));
     sensor = await Sensor.start({ types: ['exec', 'fork', 'exit'], containers: store }, pipeline.publish);
     const id = await podman('run', '-d', '--name', name, DRIFT_IMAGE, 'sleep', '3600');
@@ -206,6 +206,31 @@ describe('drift findings (real sensor, podman)', () => {
       action: 'incident',
     });
     expect(d.file!.size).toBe(script.length);
+  });
+
+  it('with writableMounts, a binary written to a tmpfs after the start and run: writable-mount drift', async () => {
+    const tmpName = uniqueName('amber-drift-tmpfs');
+    const id = await podman('run', '-d', '--name', tmpName, '--tmpfs', '/scratch:rw,exec,size=16m', DRIFT_IMAGE, 'sleep', '3600');
+    cleanups.push(async () => void (await podman('rm', '-f', '-t', '0', id)));
+    await store!.lookup(id);
+    await podman('exec', id, '/bin/sh', '-c', 'cp /bin/busybox /scratch/sleep && exec /scratch/sleep 2');
+    const d = await finding((x) => x.containerId === id && x.path === '/scratch/sleep', 'tmpfs /scratch/sleep');
+    expect(d).toMatchObject({
+      reason: 'writable-mount',
+      subject: 'executable',
+      change: 'unknown',
+      imageFile: null,
+      sha256: BUSYBOX_SHA,
+      hashedBytes: BUSYBOX.length,
+      hashError: '',
+      hashedFrom: 'exe',
+      exec: { exePath: '/scratch/sleep', args: ['/scratch/sleep', '2'] },
+      action: 'incident',
+      container: { name: tmpName },
+    });
+    expect(d.mtimeSinceStartNs!).toBeGreaterThan(0);
+    // the image's own binaries in the same container are not drift
+    expect(drifts().filter((x) => x.containerId === id)).toHaveLength(1);
   });
 
   it('a host process running a dropped binary: never drift', async () => {
