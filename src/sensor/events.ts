@@ -16,6 +16,7 @@ export const EVENT_TYPES = ['exec', 'exit', 'fork', 'open', 'connect', 'accept',
 export type EventType = (typeof EVENT_TYPES)[number];
 /** What the kernel reports (the sensor's types). */
 export const SENSOR_EVENT_TYPES = ['exec', 'exit', 'fork', 'open', 'connect', 'accept', 'dns'] as const satisfies readonly EventType[];
+export type SensorEventType = (typeof SENSOR_EVENT_TYPES)[number];
 /** What the detector (src/detect) makes from them: findings. */
 export const FINDING_TYPES = ['drift', 'alert'] as const satisfies readonly EventType[];
 export type FindingType = (typeof FINDING_TYPES)[number];
