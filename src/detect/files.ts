@@ -7,7 +7,7 @@
  * Hashing reads an fd opened when the exec was seen, in a bounded queue.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, constants, type BigIntStats, fstatSync, lstatSync, openSync, read } from 'node:fs';
+import { closeSync, constants, type BigIntStats, existsSync, fstatSync, lstatSync, openSync, read } from 'node:fs';
 import type { FileFacts } from '../sensor/events';
 
 const OPEN_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
@@ -75,6 +75,8 @@ export function openUnder(root: string, rel: string): Pinned | string {
 
 /** /proc/<pid>/exe opened (the kernel's file, whatever its path): the process may exit, the fd stays. */
 export function openExe(procRoot: string, pid: number): Pinned | string {
+  // existsSync does not build an Error: a gone process (the common case for short-lived drift) costs little
+  if (!existsSync(`${procRoot}/${pid}`)) return EXITED;
   let fd: number;
   try {
     fd = openSync(`${procRoot}/${pid}/exe`, constants.O_RDONLY | constants.O_NONBLOCK);
