@@ -356,7 +356,7 @@ function compileMatch(m: MatchSpec, at: string, lists: Map<string, string[]>, ru
     tests.push((ev, ctx) => {
       if (ev.type === 'exec') return exe(ev.exePath);
       if (ev.type === 'drift') return exe(ev.exec.exePath);
-      const p = ctx.processes.get(ev.pid);
+      const p = ctx.processes.lookup(ev.pid);
       return p !== undefined && exe(p.exePath);
     });
   }
