@@ -5,7 +5,8 @@
  * that look things up (container metadata, the process table).
  * The format is documented in README.md ("Drift and rules") and rules/default.yaml.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import * as path from 'node:path';
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
@@ -13,6 +14,12 @@ import type { ContainerMetadata } from '../containers/metadata';
 import { type Action, type AmberEvent, EVENT_TYPES, type EventType } from '../sensor/events';
 import { compileGlobs, type StringMatcher } from './glob';
 import type { ProcessTable } from './process-table';
+
+/** The shipped rule file (rules/default.yaml at the package's top), from src/detect or dist/src/detect. */
+export function defaultRulesFile(): string {
+  const candidates = [path.resolve(__dirname, '..', '..', 'rules', 'default.yaml'), path.resolve(__dirname, '..', '..', '..', 'rules', 'default.yaml')];
+  return candidates.find((f) => existsSync(f)) ?? candidates[0];
+}
 
 export const ACTIONS = ['record', 'alert', 'incident'] as const satisfies readonly Action[];
 const ACTION_RANK: Record<Action, number> = { record: 0, alert: 1, incident: 2 };

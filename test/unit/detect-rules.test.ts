@@ -7,7 +7,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { ContainerMetadata } from '../../src/containers/metadata';
 import { ProcessTable } from '../../src/detect/process-table';
-import { compileRules, loadRules, type RuleContext, type RuleSet } from '../../src/detect/rules';
+import { compileRules, defaultRulesFile, loadRules, type RuleContext, type RuleSet } from '../../src/detect/rules';
 import type { AmberEvent, DriftEvent } from '../../src/sensor/events';
 import { CONTAINER_A, connectEvent, dnsEvent, execEvent, forkEvent, openEvent, T0 } from '../helpers/buffer-events';
 
@@ -42,7 +42,8 @@ function decide(rules: RuleSet, ctx: RuleContext, ev: AmberEvent) {
 describe('default rules', () => {
   const rules = loadRules(DEFAULT_RULES, { lists: { blocklist_cidrs: ['203.0.113.0/24', '2001:db8:bad::/48'] } });
 
-  it('compiles every rule of the shipped file', () => {
+  it('compiles every rule of the shipped file, found where the agent looks for it', () => {
+    expect(defaultRulesFile()).toBe(DEFAULT_RULES);
     expect(rules.names).toEqual([
       'drift', 'shell-from-server', 'write-system-path', 'sa-token-read', 'blocklist-dns', 'blocklist-connect', 'dns-txt-tunnel',
     ]);
