@@ -9,7 +9,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { DEFAULTS, RANGES, type Range } from './defaults';
 import { parseDurationMs } from './time';
-import { EVENT_TYPES } from './sensor/events';
+import { SENSOR_EVENT_TYPES } from './sensor/events';
 
 const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1000, kib: 1024, m: 1024 ** 2, mb: 1e6, mib: 1024 ** 2, g: 1024 ** 3, gb: 1e9, gib: 1024 ** 3 };
 
@@ -65,7 +65,7 @@ const ringBytes = size(RANGES.sensor.ringBytes).refine((n) => (n & (n - 1)) === 
 
 const sensorSchema = z
   .object({
-    types: z.array(z.enum(EVENT_TYPES)).min(1).default([...EVENT_TYPES]),
+    types: z.array(z.enum(SENSOR_EVENT_TYPES)).min(1).default([...SENSOR_EVENT_TYPES]),
     ringBytes: ringBytes.default(DEFAULTS.sensor.ringBytes),
     pollInterval: duration(RANGES.sensor.pollInterval).default(DEFAULTS.sensor.pollMs),
     dnsTimeout: duration(RANGES.sensor.dnsTimeout).default(DEFAULTS.sensor.dnsTimeoutMs),

@@ -22,7 +22,7 @@ export interface EventFilter {
   pid?: number;
   /** Exact process name. */
   comm?: string;
-  /** Substring of an open's path; an exec's exePath, filename, script or args joined with spaces; a DNS name or answer. */
+  /** Substring of an open's path; an exec's exePath, filename, script or args joined with spaces; a DNS name or answer; a drift's path, exePath or SHA-256; an alert's rule names. */
   match?: string;
 }
 
@@ -97,6 +97,12 @@ function eventText(ev: AmberEvent): string[] {
       break;
     case 'dns':
       texts = [ev.name, ...(Array.isArray(ev.answers) ? ev.answers.map((a) => a?.data) : [])];
+      break;
+    case 'drift':
+      texts = [ev.path, ev.sha256, ev.exec?.exePath, ev.exec?.filename];
+      break;
+    case 'alert':
+      texts = Array.isArray(ev.rules) ? ev.rules : [];
       break;
     default:
       texts = [];

@@ -16,7 +16,7 @@ import { HealthImplementation } from 'grpc-health-check';
 import type { EventBuffer } from '../buffer';
 import { type EventFilter, validateFilter } from '../filter';
 import type { Pipeline } from '../pipeline/pipeline';
-import { EVENT_TYPES, type AmberEvent } from '../sensor/events';
+import { SENSOR_EVENT_TYPES, type AmberEvent } from '../sensor/events';
 import type { Sensor } from '../sensor/sensor';
 import { filterFromProto, toProto } from './event-codec';
 import {
@@ -397,7 +397,7 @@ function statusOf(parts: ApiParts, node: string, started: number, serving: boole
       unknownKinds: s.unknownKinds,
       dnsPending: s.dnsPending,
     },
-    types: EVENT_TYPES.map((type) => ({ type, events: s.received[type], drops: s.drops[type] })),
+    types: SENSOR_EVENT_TYPES.map((type) => ({ type, events: s.received[type], drops: s.drops[type] })),
     subscribers: parts.pipeline.stats().subscribers.map((x) => ({ name: x.name, delivered: x.delivered, dropped: x.dropped, queued: x.queued })),
     buffer: {
       dataDir: b.dataDir,

@@ -12,8 +12,14 @@
  * types at the end; never reorder or remove one, or stored counts are read
  * under the wrong types.
  */
-export const EVENT_TYPES = ['exec', 'exit', 'fork', 'open', 'connect', 'accept', 'dns'] as const;
+export const EVENT_TYPES = ['exec', 'exit', 'fork', 'open', 'connect', 'accept', 'dns', 'drift', 'alert'] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
+/** What the kernel reports (the sensor's types). */
+export const SENSOR_EVENT_TYPES = ['exec', 'exit', 'fork', 'open', 'connect', 'accept', 'dns'] as const satisfies readonly EventType[];
+export type SensorEventType = (typeof SENSOR_EVENT_TYPES)[number];
+/** What the detector (src/detect) makes from them: findings. */
+export const FINDING_TYPES = ['drift', 'alert'] as const satisfies readonly EventType[];
+export type FindingType = (typeof FINDING_TYPES)[number];
 
 export interface CommonFields {
   type: EventType;
@@ -152,7 +158,103 @@ export interface DnsAnswer {
   data: string;
 }
 
+/** What a finding asks for (src/detect/rules.ts): only recorded, an alert, or an incident (evidence capture). */
+export type Action = 'record' | 'alert' | 'incident';
+
+/** One process of a finding's ancestry, from the process table (or /proc for processes older than the agent). */
+export interface ProcessInfo {
+  pid: number;
+  /** Its parent (the next entry, unless that one could not be found: gone before the agent saw it). */
+  ppid: number;
+  comm: string;
+  /** "" when unknown (a process the agent never saw exec and that is gone). */
+  exePath: string;
+  args: string[];
+}
+
+/** The container and pod a finding happened in, from the metadata store ("" / null while unknown). */
+export interface FindingContainer {
+  runtime: string;
+  name: string;
+  image: string;
+  imageId: string;
+  startedAt: string;
+  pod: { name: string; namespace: string; uid: string; labels: Record<string, string> } | null;
+}
+
+/** Facts about a file's inode (stat), for tuning findings. Times are ns since the epoch. */
+export interface FileFacts {
+  size: number;
+  mode: number;
+  mtime: number;
+  ctime: number;
+}
+
+/**
+ * A container process executed a file that did not come from its image.
+ * The common fields are the exec's (pid, comm, containerId, ts...).
+ */
+export interface DriftEvent extends CommonFields {
+  type: 'drift';
+  /** What the rules decided (the highest action of the matching rules; "record" when none matched). */
+  action: Action;
+  /** The rules that matched (exceptions applied), in rule-file order. */
+  rules: string[];
+  /**
+   * Why: "upper-layer" (written on the overlay's upper layer), "fileless" (memfd or
+   * deleted), "writable-mount" (on a writable mount other than the image, written after start).
+   */
+  reason: 'upper-layer' | 'fileless' | 'writable-mount';
+  /** Which file drifted: the executable, or the script an interpreter runs. */
+  subject: 'executable' | 'script';
+  /** The drifted file in the container's view (exePath or script). */
+  path: string;
+  /**
+   * "created": only the upper layer (or the writable mount) has it; "modified": the image has the
+   * same path too (written in place or copied up, e.g. by a chmod); "fileless"; "unknown".
+   */
+  change: 'created' | 'modified' | 'fileless' | 'unknown';
+  /** The drifted file as found (stat of the opened file); null when it could not be read. */
+  file: FileFacts | null;
+  /** file.mtime - container start, ns (negative: older than the container; null: unknown). */
+  mtimeSinceStartNs: number | null;
+  ctimeSinceStartNs: number | null;
+  /** The image's own copy of the same path (topmost lower layer that has it); null when none. */
+  imageFile: FileFacts | null;
+  /** SHA-256 of the drifted file (hex), "" when not hashed (see hashError). */
+  sha256: string;
+  /** Bytes hashed (the file's size when hashed whole). */
+  hashedBytes: number;
+  /** "" when hashed; otherwise why not: "exited before hashing", "larger than the hash cap", ... */
+  hashError: string;
+  /**
+   * What was hashed: "exe" the process's own executable (/proc/<pid>/exe, opened when the exec was
+   * seen); "upperdir" the file on the upper layer, because the process had already exited (only when
+   * its ctime is not after the exec: the bytes that ran); "script" the script on the upper layer; "" none.
+   */
+  hashedFrom: 'exe' | 'upperdir' | 'script' | '';
+  /** The exec: filename, exePath, args and script as the kernel reported them. */
+  exec: { filename: string; exePath: string; args: string[]; script: string };
+  /** The process, then its parent, ... up to the container's init. */
+  ancestry: ProcessInfo[];
+  container: FindingContainer | null;
+}
+
+/** An event matched a rule whose action is alert or incident. Common fields are the event's. */
+export interface AlertEvent extends CommonFields {
+  type: 'alert';
+  action: Action;
+  /** The rules that matched, in rule-file order. */
+  rules: string[];
+  /** The matching event, whole. */
+  event: AmberEvent;
+  ancestry: ProcessInfo[];
+  container: FindingContainer | null;
+}
+
 export type AmberEvent =
+  | DriftEvent
+  | AlertEvent
   | ExecEvent
   | ExitEvent
   | ForkEvent

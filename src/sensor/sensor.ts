@@ -7,7 +7,7 @@ import { ContainerResolver, type ContainerInfo } from '../containers/resolver';
 import { DEFAULTS } from '../defaults';
 import { loadBinding, type NativeSensor } from './binding';
 import { DnsTracker, parseDnsMessage } from './dns';
-import { EVENT_TYPES, type AmberEvent, type DnsEvent, type EventType } from './events';
+import { FINDING_TYPES, SENSOR_EVENT_TYPES, type SensorEventType, type AmberEvent, type DnsEvent, type EventType } from './events';
 import { preflight } from './preflight';
 import { decodeBatch, KIND_NAMES, SyscallFamily, type DecodeContext } from './records';
 
@@ -41,9 +41,9 @@ export interface SensorOptions {
 
 export interface SensorStats {
   /** Events delivered, per type. */
-  received: Record<EventType, number>;
+  received: Record<SensorEventType, number>;
   /** Records the kernel could not queue (ring full), per type. Never silent. */
-  drops: Record<EventType, number>;
+  drops: Record<SensorEventType, number>;
   records: number;
   batches: number;
   /** Times the reader waited for JavaScript to take a batch. */
@@ -66,6 +66,9 @@ const PROGRAMS: Record<EventType, string[]> = {
   connect: ['amber_sys_exit'],
   accept: ['amber_sys_exit'],
   dns: ['amber_dns_egress', 'amber_dns_ingress'],
+  // findings: the detector makes them, no program reports them
+  drift: [],
+  alert: [],
 };
 /** The syscall families the sys_exit dispatcher serves for each type. */
 const SYSCALL_FAMILY: Partial<Record<EventType, number>> = {
@@ -77,14 +80,15 @@ const SYSCALL_FAMILY: Partial<Record<EventType, number>> = {
 const CGROUP_PROGRAMS = ['amber_cgroup_mkdir', 'amber_cgroup_rmdir'];
 
 /** All of a per-type count (events received, drops). */
-export function countTotal(counts: Record<EventType, number>): number {
+export function countTotal(counts: Record<SensorEventType, number>): number {
   let total = 0;
-  for (const t of EVENT_TYPES) total += counts[t];
+  for (const t of SENSOR_EVENT_TYPES) total += counts[t];
   return total;
 }
 
-function perType(): Record<EventType, number> {
-  return Object.fromEntries(EVENT_TYPES.map((t) => [t, 0])) as Record<EventType, number>;
+/** Counters of what the kernel reports (findings are the detector's: not counted here). */
+function perType(): Record<SensorEventType, number> {
+  return Object.fromEntries(SENSOR_EVENT_TYPES.map((t) => [t, 0])) as Record<SensorEventType, number>;
 }
 
 export const DEFAULT_SENSOR = DEFAULTS.sensor;
@@ -106,7 +110,7 @@ export class Sensor {
   ) {}
 
   static async start(options: SensorOptions, onEvents: EventsListener): Promise<Sensor> {
-    const types = new Set(options.types ?? EVENT_TYPES);
+    const types = new Set((options.types ?? SENSOR_EVENT_TYPES).filter((t) => !(FINDING_TYPES as readonly string[]).includes(t)));
     const host = preflight({ needCgroupSkb: types.has('dns'), cgroupRoot: options.cgroupRoot });
     const binding = loadBinding();
     const resolver = new ContainerResolver({
@@ -187,9 +191,9 @@ export class Sensor {
   /** Counts and hands on one batch, without the types nobody asked for (connect and accept share a family). */
   private deliver(events: AmberEvent[]): void {
     let out = events;
-    if (this.types.size < EVENT_TYPES.length) out = events.filter((e) => this.types.has(e.type));
+    if (this.types.size < SENSOR_EVENT_TYPES.length) out = events.filter((e) => this.types.has(e.type));
     if (out.length === 0) return;
-    for (const e of out) this.received[e.type]++;
+    for (const e of out) this.received[e.type as SensorEventType]++;
     this.onEvents(out); // a fresh array per batch: the listener may keep it
   }
 
@@ -203,7 +207,7 @@ export class Sensor {
     const drops = perType();
     const raw = this.native.drops();
     for (let kind = 1; kind < raw.length; kind++) {
-      const name = KIND_NAMES[kind] as EventType;
+      const name = KIND_NAMES[kind] as SensorEventType;
       if (name in drops) drops[name] += raw[kind];
     }
     const reader = this.native.stats();

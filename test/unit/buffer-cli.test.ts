@@ -123,7 +123,7 @@ describe('amber buffer query', () => {
   it.each([
     [['--bogus'], "Unknown option '--bogus'"],
     [['extra'], "Unexpected argument 'extra'"],
-    [['--type', 'exec,bogus'], '--type: unknown event type "bogus" (known: exec, exit, fork, open, connect, accept, dns)'],
+    [['--type', 'exec,bogus'], '--type: unknown event type "bogus" (known: exec, exit, fork, open, connect, accept, dns, drift, alert)'],
     [['--since', 'yesterday'], '--since: invalid time "yesterday": use a duration ago'],
     [['--since', '1m', '--until', '2m'], 'is after --until'],
     [['--pid=-1'], '--pid must be an integer >= 0, got "-1"'],
@@ -199,7 +199,7 @@ describe('amber buffer stats', () => {
       'events      8',
       'oldest      2024-05-01T12:00:00.001Z',
       'newest      2024-05-01T12:00:00.008Z (span 0s)',
-      'per type    exec 1, exit 1, fork 1, open 1, connect 1, accept 1, dns 2',
+      'per type    exec 1, exit 1, fork 1, open 1, connect 1, accept 1, dns 2, drift 0, alert 0',
       'frozen      0 window(s), 0 B',
       '',
     ]);

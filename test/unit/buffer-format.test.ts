@@ -36,8 +36,8 @@ describe('block encoding', () => {
       rawLen: payload.length,
       minTs: T0,
       maxTs: T0 + 10_000,
-      // exec, exit, fork, open, connect, accept, dns
-      typeCounts: [2, 1, 1, 2, 1, 1, 2],
+      // exec, exit, fork, open, connect, accept, dns, drift, alert
+      typeCounts: [2, 1, 1, 2, 1, 1, 2, 0, 0],
       containers: ['', CONTAINER_A.slice(0, 12), CONTAINER_B.slice(0, 12)],
     });
   });
@@ -79,7 +79,7 @@ describe('block encoding', () => {
 });
 
 describe('frames', () => {
-  const summary = { count: 1, rawLen: 3, minTs: T0, maxTs: T0, typeCounts: [1, 0, 0, 0, 0, 0, 0], containers: [''] };
+  const summary = { count: 1, rawLen: 3, minTs: T0, maxTs: T0, typeCounts: [1, 0, 0, 0, 0, 0, 0, 0, 0], containers: [''] };
 
   it('verify what they encode and reject any flipped byte', () => {
     const payload = Buffer.from([1, 2, 3]);
