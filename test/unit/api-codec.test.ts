@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { filterFromProto, filterToProto, fromProto, toProto } from '../../src/api/event-codec';
 import { Event, EventFilter as FilterMessage, TraceResponse } from '../../src/api/gen/amber';
 import type { EventFilter } from '../../src/filter';
-import { type AmberEvent, EVENT_TYPES } from '../../src/sensor/events';
+import { type AmberEvent, SENSOR_EVENT_TYPES } from '../../src/sensor/events';
 
 /** Events as the decoder builds them (its key order), one or more of every type. */
 const GOLDEN = JSON.parse(
@@ -57,8 +57,8 @@ function withStrings(ev: AmberEvent, s: string): AmberEvent {
 }
 
 describe('event ⇄ proto', () => {
-  it('the golden events cover every type', () => {
-    expect(new Set(GOLDEN.map((e) => e.type))).toEqual(new Set(EVENT_TYPES));
+  it('the golden events cover every type the sensor records (findings: not in the API yet)', () => {
+    expect(new Set(GOLDEN.map((e) => e.type))).toEqual(new Set(SENSOR_EVENT_TYPES));
   });
 
   it('every golden event prints the same JSON after the round trip', () => {
