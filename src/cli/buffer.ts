@@ -4,6 +4,9 @@
  */
 import { parseArgs } from 'node:util';
 import { EventBuffer } from '../buffer';
+import type { ContainerMetadata } from '../containers/metadata';
+import { fieldsLookup, MetadataDir, withMetadata } from '../containers/metadata-dir';
+import { compileFilter, splitContainerFilter } from '../filter';
 import { DEFAULTS } from '../defaults';
 import { formatTs, nowNs } from '../time';
 import type { BufferStats, VerifyResult } from '../buffer';
@@ -58,16 +61,22 @@ export async function bufferQuery(argv: string[], out: NodeJS.WritableStream, er
     if (values['data-dir'] === undefined) return remoteQuery({ ...serversFromOptions(values), filter, format, limit }, out, err);
     if (values.server) throw new UsageError('--data-dir and --server exclude each other');
 
+    const metadata = await readContainers(values['data-dir'], err);
+    const known = (id: string) => metadata.get(id);
+    // the buffer stores container IDs only: pod, namespace and image are matched after the join
+    const { stored, joined } = splitContainerFilter(filter);
+    const joinedMatches = joined && compileFilter(joined, fieldsLookup(known));
     const buffer = await EventBuffer.openReadOnly(values['data-dir'], { log: warnTo(err) });
     const output = new OutputWriter(out);
     if (format === 'columns') output.write(`${COLUMNS_HEADER}\n`);
     let left = limit;
     try {
-      for await (const batch of buffer.queryBatches(filter)) {
+      for await (const all of buffer.queryBatches(stored)) {
+        const batch = joinedMatches ? all.filter(joinedMatches) : all;
         const events = batch.length > left ? batch.slice(0, left) : batch;
         left -= events.length;
         let text = '';
-        for (const ev of events) text += `${show(ev)}\n`;
+        for (const ev of events) text += `${show(withMetadata(ev, known))}\n`;
         const gone = await output.add(text);
         if (gone || left === 0) break;
       }
@@ -109,6 +118,23 @@ export async function bufferStats(argv: string[], out: NodeJS.WritableStream, er
       await buffer.close();
     }
   });
+}
+
+/**
+ * The data dir's container metadata (containers/*.json) for the join; a data dir
+ * from before it has none. Bad files are reported and the good ones used.
+ */
+async function readContainers(dataDir: string, err: NodeJS.WritableStream): Promise<Map<string, ContainerMetadata>> {
+  let dir: MetadataDir;
+  try {
+    dir = await MetadataDir.open(dataDir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
+    throw e;
+  }
+  const { byId, errors } = await dir.readAll();
+  for (const message of errors) note(err, `amber buffer: warn: container metadata skipped: ${clean(message)}\n`);
+  return byId;
 }
 
 /** Exit codes: 0 done, 1 the data could not be read, 2 bad arguments. */

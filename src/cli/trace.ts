@@ -5,10 +5,13 @@
  * publishes into a Pipeline and the output takes the command's filter there.
  */
 import { parseArgs } from 'node:util';
+import { ContainerMetadataStore } from '../containers/metadata';
+import { fieldsLookup, withMetadata } from '../containers/metadata-dir';
 import { DEFAULTS, RANGES } from '../defaults';
 import { compileFilter, type EventFilter } from '../filter';
 import { Pipeline } from '../pipeline/pipeline';
 import { EVENT_TYPES } from '../sensor/events';
+import { preflight } from '../sensor/preflight';
 import { countTotal, Sensor, type SensorStats } from '../sensor/sensor';
 import { nowNs } from '../time';
 import { durationOption, FILTER_OPTIONS, FILTER_USAGE, filterFromOptions } from './filter-options';
@@ -73,7 +76,11 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
   // applies the sensor's backpressure (and the kernel counts what the ring drops) instead of
   // losing events in a subscriber queue. Measured under the open storm, a queued subscriber lost
   // about half of the storm's events while a sink lost none.
-  const matches = compileFilter(filter);
+  // this process learns the containers as the agent does (no files: nothing is written locally)
+  const { cgroupRoot } = preflight({ needCgroupSkb: types.includes('dns') });
+  const containers = new ContainerMetadataStore({ cgroupRoot, log: (obj, msg) => note(err, `amber: ${msg} ${JSON.stringify(obj)}\n`) });
+  const known = (id: string) => containers.get(id);
+  const matches = compileFilter(filter, fieldsLookup(known));
   let written = 0;
   pipeline.addSink((events) => {
     if (output.closed) return;
@@ -81,14 +88,20 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
     let n = 0;
     for (const e of events) {
       if (!matches(e)) continue;
-      text += `${show(e)}\n`;
+      text += `${show(withMetadata(e, known))}\n`;
       n++;
     }
     written += n;
     output.write(text);
     void output.flush(); // one write per batch; stdout to a file, pipe or terminal writes synchronously on Linux
   });
-  const sensor = await Sensor.start({ types, ignoreSelf: true, dnsTimeoutMs }, pipeline.publish);
+  let sensor: Sensor;
+  try {
+    sensor = await Sensor.start({ types, ignoreSelf: true, dnsTimeoutMs, cgroupRoot, containers }, pipeline.publish);
+  } catch (e) {
+    containers.close();
+    throw e;
+  }
   note(err, `amber: tracing ${types.join(',')} (${timeoutMs !== undefined ? `for ${timeoutMs / 1000}s` : 'Ctrl-C to stop'})\n`);
 
   await new Promise<void>((resolve) => {
@@ -106,6 +119,7 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
   const stats = await sensor.stop();
   await output.flush();
   pipeline.close();
+  containers.close();
   note(err, `${formatStats(stats, written)}\n`);
   return 0;
 }

@@ -146,12 +146,18 @@ export function withMetadata<E extends { containerId: string }>(
   if (event.containerId === '') return event;
   const md = lookup(event.containerId);
   if (md === undefined) return event;
-  return {
-    ...event,
-    runtime: md.runtime,
-    container: md.name,
-    image: md.image,
-    pod: md.pod?.name ?? '',
-    namespace: md.pod?.namespace ?? '',
+  return { ...event, ...containerFields(md) };
+}
+
+/** What an event shows of a container (withMetadata's fields, in its order). */
+export function containerFields(md: ContainerMetadata): ContainerFields {
+  return { runtime: md.runtime, container: md.name, image: md.image, pod: md.pod?.name ?? '', namespace: md.pod?.namespace ?? '' };
+}
+
+/** A filter's container lookup (src/filter.ts) over metadata by ID. */
+export function fieldsLookup(get: (containerId: string) => ContainerMetadata | undefined): (containerId: string) => ContainerFields | undefined {
+  return (id) => {
+    const md = get(id);
+    return md === undefined ? undefined : containerFields(md);
   };
 }

@@ -95,7 +95,7 @@ describe('event ⇄ proto', () => {
   });
 
   it('a batch message carries the events in order', () => {
-    const msg = TraceResponse.decode(TraceResponse.encode({ events: GOLDEN.map(toProto), dropped: 0 }).finish());
+    const msg = TraceResponse.decode(TraceResponse.encode({ events: GOLDEN.map((e) => toProto(e)), dropped: 0 }).finish());
     expect(msg.events.map(fromProto)).toEqual(GOLDEN);
     expect(TraceResponse.decode(TraceResponse.encode({ events: [], dropped: 7 }).finish())).toEqual({ events: [], dropped: 7 });
   });
