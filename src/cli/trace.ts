@@ -102,6 +102,8 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
     containers.close();
     throw e;
   }
+  // the containers running now are named before the first line: learned at start, in the background
+  await containers.idle();
   note(err, `amber: tracing ${types.join(',')} (${timeoutMs !== undefined ? `for ${timeoutMs / 1000}s` : 'Ctrl-C to stop'})\n`);
 
   await new Promise<void>((resolve) => {
