@@ -154,10 +154,17 @@ export function containerFields(md: ContainerMetadata): ContainerFields {
   return { runtime: md.runtime, container: md.name, image: md.image, pod: md.pod?.name ?? '', namespace: md.pod?.namespace ?? '' };
 }
 
-/** A filter's container lookup (src/filter.ts) over metadata by ID. */
+/**
+ * A filter's container lookup (src/filter.ts) over metadata by ID. The fields
+ * are made once per metadata object (the API joins every event it sends).
+ */
 export function fieldsLookup(get: (containerId: string) => ContainerMetadata | undefined): (containerId: string) => ContainerFields | undefined {
+  const made = new WeakMap<ContainerMetadata, ContainerFields>();
   return (id) => {
     const md = get(id);
-    return md === undefined ? undefined : containerFields(md);
+    if (md === undefined) return undefined;
+    let fields = made.get(md);
+    if (fields === undefined) made.set(md, (fields = containerFields(md)));
+    return fields;
   };
 }
