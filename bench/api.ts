@@ -67,7 +67,7 @@ function codecRate(): { encode: number; decode: number; bytesPerEvent: number } 
   let bytes = 0;
   let last = new Uint8Array();
   for (let i = 0; i < rounds; i++) {
-    last = TraceResponse.encode({ events: events.map(toProto), dropped: 0 }).finish();
+    last = TraceResponse.encode({ events: events.map((e) => toProto(e)), dropped: 0 }).finish();
     bytes += last.length;
   }
   const encode = (rounds * events.length) / (Number(process.hrtime.bigint() - t) / 1e9);

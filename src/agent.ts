@@ -11,7 +11,7 @@ import { type ApiServer, checkApiOptions, startApiServer } from './api/server';
 import { EventBuffer, type BufferLog } from './buffer';
 import type { AmberConfig } from './config';
 import { ContainerMetadataStore } from './containers/metadata';
-import { MetadataDir } from './containers/metadata-dir';
+import { fieldsLookup, MetadataDir } from './containers/metadata-dir';
 import { Pipeline } from './pipeline/pipeline';
 import { preflight } from './sensor/preflight';
 import { countTotal, Sensor, type SensorStats } from './sensor/sensor';
@@ -56,6 +56,8 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
       dir: await MetadataDir.open(config.dataDir, { create: true }),
       log: (obj, msg) => log.warn({ event: 'container-metadata', ...obj }, msg),
     });
+    const store = containers;
+    pipeline.containers = fieldsLookup((id) => store.get(id));
     sensor = await Sensor.start(
       {
         cgroupRoot,

@@ -5,6 +5,7 @@
  * is byte for byte what `amber trace --local -o json` prints.
  */
 import type { AmberEvent, DnsEvent, EventType, ExecEvent, OpenEvent, Proto, SockFields } from '../sensor/events';
+import type { ContainerFields } from '../containers/metadata-dir';
 import type { EventFilter, Scope as FilterScope } from '../filter';
 import {
   DnsDirection,
@@ -17,7 +18,9 @@ import {
 
 export type { EventMessage };
 
-export function toProto(ev: AmberEvent): EventMessage {
+/** The message of an event, with its container's joined fields when given (or when the event carries them). */
+export function toProto(ev: AmberEvent, fields?: ContainerFields): EventMessage {
+  const joined = fields ?? (typeof (ev as Partial<ContainerFields>).runtime === 'string' ? (ev as AmberEvent & ContainerFields) : undefined);
   const msg: EventMessage = {
     ts: ev.ts,
     pid: ev.pid,
@@ -30,6 +33,11 @@ export function toProto(ev: AmberEvent): EventMessage {
     containerId: ev.containerId,
     mntns: ev.mntns,
     netns: ev.netns,
+    pod: joined?.pod,
+    namespace: joined?.namespace,
+    image: joined?.image,
+    containerName: joined?.container,
+    runtime: joined?.runtime,
     detail: undefined,
   };
   switch (ev.type) {
@@ -97,8 +105,24 @@ export function toProto(ev: AmberEvent): EventMessage {
   return msg;
 }
 
-/** The event a message carries; a TypeError when it carries none or an unknown enum value. */
+/**
+ * The event a message carries, with its container's fields after the event's
+ * own as withMetadata adds them; a TypeError when it carries none or an unknown enum value.
+ */
 export function fromProto(msg: EventMessage): AmberEvent {
+  const ev = eventOf(msg);
+  if (msg.runtime === undefined) return ev;
+  const fields: ContainerFields = {
+    runtime: msg.runtime,
+    container: msg.containerName ?? '',
+    image: msg.image ?? '',
+    pod: msg.pod ?? '',
+    namespace: msg.namespace ?? '',
+  };
+  return Object.assign(ev, fields);
+}
+
+function eventOf(msg: EventMessage): AmberEvent {
   const d = msg.detail;
   if (!d) throw new TypeError('event without a type (no detail set)');
   const { ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns } = msg;
@@ -229,6 +253,9 @@ export function filterToProto(f: EventFilter): FilterMessage {
     pid: f.pid,
     comm: f.comm,
     match: f.match,
+    pod: f.pod,
+    namespace: f.namespace,
+    image: f.image,
   };
 }
 
@@ -248,5 +275,8 @@ export function filterFromProto(m: FilterMessage | undefined): EventFilter {
   if (m.pid !== undefined) f.pid = m.pid;
   if (m.comm !== undefined) f.comm = m.comm;
   if (m.match !== undefined) f.match = m.match;
+  if (m.pod !== undefined) f.pod = m.pod;
+  if (m.namespace !== undefined) f.namespace = m.namespace;
+  if (m.image !== undefined) f.image = m.image;
   return f;
 }

@@ -14,7 +14,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import type { EventBuffer } from '../buffer';
-import { type EventFilter, validateFilter } from '../filter';
+import { compileFilter, type EventFilter, splitContainerFilter, validateFilter } from '../filter';
 import type { Pipeline } from '../pipeline/pipeline';
 import { SENSOR_EVENT_TYPES, type AmberEvent } from '../sensor/events';
 import type { Sensor } from '../sensor/sensor';
@@ -81,6 +81,8 @@ const CONTAINER_PREFIX = /^[0-9a-f]{1,64}$/;
 /** The kernel's TASK_COMM_LEN is 16 (15 characters and a NUL). */
 const MAX_COMM_BYTES = 15;
 const MAX_MATCH_BYTES = 4096;
+/** Pod names and namespaces are DNS labels/subdomains (at most 253); image references are bounded alike. */
+const MAX_CONTAINER_FIELD_BYTES = 1024;
 
 /** The filter a request asks for, checked; a RangeError says what is wrong. */
 export function requestFilter(message: Parameters<typeof filterFromProto>[0]): EventFilter {
@@ -94,6 +96,12 @@ export function requestFilter(message: Parameters<typeof filterFromProto>[0]): E
   }
   if (filter.match !== undefined && Buffer.byteLength(filter.match) > MAX_MATCH_BYTES) {
     throw new RangeError(`match is at most ${MAX_MATCH_BYTES} bytes`);
+  }
+  for (const key of ['pod', 'namespace', 'image'] as const) {
+    const value = filter[key];
+    if (value !== undefined && Buffer.byteLength(value) > MAX_CONTAINER_FIELD_BYTES) {
+      throw new RangeError(`${key} is at most ${MAX_CONTAINER_FIELD_BYTES} bytes`);
+    }
   }
   if (filter.types && new Set(filter.types).size !== filter.types.length) throw new RangeError('types lists a type twice');
   return filter;
@@ -239,7 +247,7 @@ export async function startApiServer(parts: ApiParts, options: ApiOptions, log: 
           continue;
         }
         for (let i = 0; i < item.events.length && !call.cancelled; i += EVENTS_PER_MESSAGE) {
-          await write(call, { events: item.events.slice(i, i + EVENTS_PER_MESSAGE).map(toProto), dropped: 0 });
+          await write(call, { events: item.events.slice(i, i + EVENTS_PER_MESSAGE).map(joinedProto), dropped: 0 });
         }
       }
     } catch (err) {
@@ -258,15 +266,23 @@ export async function startApiServer(parts: ApiParts, options: ApiOptions, log: 
     } else end(grpc.status.CANCELLED);
   };
 
+  /** An event's message with its container's fields, joined here (never stored per event). */
+  const joinedProto = (ev: AmberEvent) =>
+    toProto(ev, ev.containerId === '' ? undefined : parts.pipeline.containers?.(ev.containerId));
+
   const query = async (call: grpc.ServerWritableStream<Decoded<QueryRequest>, QueryResponse>) => {
     const opened = openStream(call, 'Query');
     if (!opened) return;
     const { end, req, filter, release } = opened;
     const deadline = Date.now() + options.queryTimeout;
     let left = req.limit > 0 ? req.limit : Infinity;
-    const batches = parts.buffer.queryBatches(filter);
+    // the buffer stores container IDs only: pod, namespace and image are matched after the join
+    const { stored, joined } = splitContainerFilter(filter);
+    const joinedMatches = joined && compileFilter(joined, (id) => parts.pipeline.containers?.(id));
+    const batches = parts.buffer.queryBatches(stored);
     try {
-      for await (const batch of batches) {
+      for await (const all of batches) {
+        const batch = joinedMatches ? all.filter(joinedMatches) : all;
         if (call.cancelled) break;
         if (Date.now() > deadline) {
           return fail(call, grpc.status.DEADLINE_EXCEEDED, `the query ran longer than api.queryTimeout (${options.queryTimeout} ms)`, end);
@@ -274,7 +290,7 @@ export async function startApiServer(parts: ApiParts, options: ApiOptions, log: 
         const events: AmberEvent[] = batch.length > left ? batch.slice(0, left) : batch;
         left -= events.length;
         for (let i = 0; i < events.length && !call.cancelled; i += EVENTS_PER_MESSAGE) {
-          await write(call, { events: events.slice(i, i + EVENTS_PER_MESSAGE).map(toProto) });
+          await write(call, { events: events.slice(i, i + EVENTS_PER_MESSAGE).map(joinedProto) });
         }
         if (left === 0) break;
       }

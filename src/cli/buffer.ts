@@ -4,12 +4,15 @@
  */
 import { parseArgs } from 'node:util';
 import { EventBuffer } from '../buffer';
+import type { ContainerMetadata } from '../containers/metadata';
+import { fieldsLookup, MetadataDir, withMetadata } from '../containers/metadata-dir';
+import { compileFilter, splitContainerFilter } from '../filter';
 import { DEFAULTS } from '../defaults';
 import { formatTs, nowNs } from '../time';
 import type { BufferStats, VerifyResult } from '../buffer';
 import { EVENT_TYPES } from '../sensor/events';
 import { FILTER_OPTIONS, FILTER_USAGE, filterFromOptions, integerOption, TIME_OPTIONS, TIME_USAGE } from './filter-options';
-import { clean, COLUMNS_HEADER, eventFormatter, parseOutputFormat } from './format';
+import { clean, COLUMN_NAMES, type ColumnName, columnsLayout, DEFAULT_COLUMNS, eventFormatter, parseColumns, parseOutputFormat } from './format';
 import { note, OutputWriter } from './output';
 import { remoteQuery, SERVER_OPTIONS, SERVER_USAGE, serversFromOptions } from './remote';
 import { UsageError } from './usage';
@@ -21,8 +24,13 @@ ${SERVER_USAGE}
 ${TIME_USAGE}
 ${FILTER_USAGE}
   -o, --output columns|json   a table (default) or JSON lines
+  --columns A,B,...           the table's columns, in order (${COLUMN_NAMES.join(', ')};
+                              default time,namespace,pod,container,pid,comm,type,details)
   --limit N                   the first N events
 `;
+
+/** A query looks back in time: the time comes first. */
+const QUERY_COLUMNS: readonly ColumnName[] = ['time', ...DEFAULT_COLUMNS];
 
 const STATS_USAGE = `usage: amber buffer stats [--data-dir DIR] [-o text|json] [--verify]
   --verify: read and check every block (the index alone cannot show damage inside a block);
@@ -43,6 +51,7 @@ export async function bufferQuery(argv: string[], out: NodeJS.WritableStream, er
         ...FILTER_OPTIONS,
         type: { type: 'string' },
         output: { type: 'string', short: 'o', default: 'columns' },
+        columns: { type: 'string' },
         limit: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -52,22 +61,34 @@ export async function bufferQuery(argv: string[], out: NodeJS.WritableStream, er
       return 0;
     }
     const format = parseOutputFormat(values.output);
-    const show = eventFormatter(format);
+    if (values.columns !== undefined && format !== 'columns') throw new UsageError('--columns applies to -o columns');
+    const columns = parseColumns(values.columns, QUERY_COLUMNS);
+    const show = eventFormatter(format, columns);
     const filter = filterFromOptions(values, nowNs());
     const limit = values.limit === undefined ? Infinity : integerOption('--limit', values.limit, 1);
-    if (values['data-dir'] === undefined) return remoteQuery({ ...serversFromOptions(values), filter, format, limit }, out, err);
+    if (values['data-dir'] === undefined) return remoteQuery(
+        { ...serversFromOptions(values), filter, format, columns: values.columns === undefined ? undefined : columns, defaultColumns: QUERY_COLUMNS, limit },
+        out,
+        err,
+      );
     if (values.server) throw new UsageError('--data-dir and --server exclude each other');
 
+    const metadata = await readContainers(values['data-dir'], err);
+    const known = (id: string) => metadata.get(id);
+    // the buffer stores container IDs only: pod, namespace and image are matched after the join
+    const { stored, joined } = splitContainerFilter(filter);
+    const joinedMatches = joined && compileFilter(joined, fieldsLookup(known));
     const buffer = await EventBuffer.openReadOnly(values['data-dir'], { log: warnTo(err) });
     const output = new OutputWriter(out);
-    if (format === 'columns') output.write(`${COLUMNS_HEADER}\n`);
+    if (format === 'columns') output.write(`${columnsLayout(columns).header}\n`);
     let left = limit;
     try {
-      for await (const batch of buffer.queryBatches(filter)) {
+      for await (const all of buffer.queryBatches(stored)) {
+        const batch = joinedMatches ? all.filter(joinedMatches) : all;
         const events = batch.length > left ? batch.slice(0, left) : batch;
         left -= events.length;
         let text = '';
-        for (const ev of events) text += `${show(ev)}\n`;
+        for (const ev of events) text += `${show(withMetadata(ev, known))}\n`;
         const gone = await output.add(text);
         if (gone || left === 0) break;
       }
@@ -109,6 +130,23 @@ export async function bufferStats(argv: string[], out: NodeJS.WritableStream, er
       await buffer.close();
     }
   });
+}
+
+/**
+ * The data dir's container metadata (containers/*.json) for the join; a data dir
+ * from before it has none. Bad files are reported and the good ones used.
+ */
+async function readContainers(dataDir: string, err: NodeJS.WritableStream): Promise<Map<string, ContainerMetadata>> {
+  let dir: MetadataDir;
+  try {
+    dir = await MetadataDir.open(dataDir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
+    throw e;
+  }
+  const { byId, errors } = await dir.readAll();
+  for (const message of errors) note(err, `amber buffer: warn: container metadata skipped: ${clean(message)}\n`);
+  return byId;
 }
 
 /** Exit codes: 0 done, 1 the data could not be read, 2 bad arguments. */

@@ -15,6 +15,9 @@ export const FILTER_OPTIONS = {
   pid: { type: 'string' },
   comm: { type: 'string' },
   match: { type: 'string' },
+  pod: { type: 'string' },
+  namespace: { type: 'string' },
+  image: { type: 'string' },
 } as const;
 
 export const TIME_OPTIONS = {
@@ -27,7 +30,10 @@ export const FILTER_USAGE = `  --container ID              only this container (
   --containers-only           only container processes
   --pid N                     only this process (host pid)
   --comm NAME                 only this command name
-  --match TEXT                text in a path, executable, filename, script, DNS name or answer, or the args`;
+  --match TEXT                text in a path, executable, filename, script, DNS name or answer, or the args
+  --pod NAME                  only this Kubernetes pod (exact name)
+  --namespace NS              only this Kubernetes namespace (exact)
+  --image TEXT                only containers whose image reference contains TEXT`;
 
 export const TIME_USAGE = `  --since T, --until T        T: a duration ago (30s, 5m, 1h30m, 2d), now, an RFC 3339 time
                               (2024-05-01T12:00:00Z) or ns since the epoch`;
@@ -39,6 +45,9 @@ export interface FilterOptionValues {
   pid?: string;
   comm?: string;
   match?: string;
+  pod?: string;
+  namespace?: string;
+  image?: string;
   since?: string;
   until?: string;
   type?: string;
@@ -64,6 +73,12 @@ export function filterFromOptions(values: FilterOptionValues, now: number): Even
   if (values.pid !== undefined) filter.pid = integerOption('--pid', values.pid, 0);
   if (values.comm !== undefined) filter.comm = nonEmpty('--comm', values.comm);
   if (values.match !== undefined) filter.match = nonEmpty('--match', values.match);
+  if (values.pod !== undefined) filter.pod = nonEmpty('--pod', values.pod);
+  if (values.namespace !== undefined) filter.namespace = nonEmpty('--namespace', values.namespace);
+  if (values.image !== undefined) filter.image = nonEmpty('--image', values.image);
+  if (values.host && (filter.pod !== undefined || filter.namespace !== undefined || filter.image !== undefined)) {
+    throw new UsageError('--host and --pod/--namespace/--image exclude each other');
+  }
   return filter;
 }
 

@@ -21,31 +21,85 @@ export function parseOutputFormat(text: string | undefined): OutputFormat {
  * strings, but 1.1-1.4x slower end to end into a file, because its strings are
  * ropes of many pieces that cost more to encode than V8's flat JSON output.)
  */
-export function eventFormatter(format: OutputFormat): (e: AmberEvent) => string {
-  return format === 'json' ? (e) => JSON.stringify(e) : formatColumns;
+export function eventFormatter(format: OutputFormat, columns: readonly ColumnName[] = DEFAULT_COLUMNS): (e: AmberEvent, node?: string) => string {
+  if (format === 'json') return (e) => JSON.stringify(e);
+  const layout = columnsLayout(columns);
+  return (e, node) => layout.row(e, node);
 }
 
-export const COLUMNS_HEADER = `${'TIME(UTC)'.padEnd(12)}  ${'CONTAINER'.padEnd(12)}  ${'PID'.padStart(7)}  ${'COMM'.padEnd(16)}  ${'TYPE'.padEnd(7)}  DETAILS`;
+/** The fields an event shows of its container once joined (withMetadata); absent when unknown. */
+type Joined = AmberEvent & { container?: unknown; pod?: unknown; namespace?: unknown };
+
+interface Column {
+  header: string;
+  width: number;
+  right?: boolean;
+  cell(ev: Joined, node: string): string;
+}
+
+const str = (v: unknown) => (typeof v === 'string' ? v : '');
 
 /**
- * One event as a table row: time HH:MM:SS.mmm (UTC), container (12 chars or
- * "host"), pid, comm, type, the type's key fields. The whole row is cleaned:
- * every field may come from a watched workload or a planted buffer block
- * (a `type` or `pid` that is a string full of escapes included).
+ * The table's columns, IG-like. Every cell may come from a watched workload or a
+ * planted buffer block (a `type` or `pid` that is a string full of escapes
+ * included): each cell and the whole row are cleaned.
  */
-export function formatColumns(ev: AmberEvent): string {
-  const time = Number.isFinite(ev.ts) ? formatTs(ev.ts).slice(11, 23) : '?';
-  const container = ev.containerId ? clean(String(ev.containerId).slice(0, 12)) : 'host';
-  let text: string;
-  try {
-    text = details(ev);
-  } catch {
-    text = JSON.stringify(ev); // not a contract shape: show it whole
+const COLUMNS: Record<string, Column> = {
+  node: { header: 'NODE', width: 12, cell: (_, node) => node },
+  time: { header: 'TIME(UTC)', width: 12, cell: (ev) => (Number.isFinite(ev.ts) ? formatTs(ev.ts).slice(11, 23) : '?') },
+  namespace: { header: 'NAMESPACE', width: 12, cell: (ev) => str(ev.namespace) },
+  pod: { header: 'POD', width: 20, cell: (ev) => str(ev.pod) },
+  // the container's name when known, else its ID's first 12 characters; "host" for host processes
+  container: { header: 'CONTAINER', width: 16, cell: (ev) => (!ev.containerId ? 'host' : str(ev.container) || String(ev.containerId).slice(0, 12)) },
+  pid: { header: 'PID', width: 7, right: true, cell: (ev) => String(ev.pid) },
+  comm: { header: 'COMM', width: 16, cell: (ev) => String(ev.comm) },
+  type: { header: 'TYPE', width: 7, cell: (ev) => String(ev.type) },
+  details: {
+    header: 'DETAILS',
+    width: 0,
+    cell: (ev) => {
+      try {
+        return details(ev);
+      } catch {
+        return JSON.stringify(ev); // not a contract shape: show it whole
+      }
+    },
+  },
+};
+
+export type ColumnName = keyof typeof COLUMNS;
+export const COLUMN_NAMES = Object.keys(COLUMNS) as ColumnName[];
+/** IG's layout; NODE goes first when several agents are merged. */
+export const DEFAULT_COLUMNS: readonly ColumnName[] = ['namespace', 'pod', 'container', 'pid', 'comm', 'type', 'details'];
+
+/** `--columns a,b,c`: the columns in that order; a usage error lists the valid names. */
+export function parseColumns(text: string | undefined, defaults: readonly ColumnName[] = DEFAULT_COLUMNS): readonly ColumnName[] {
+  if (text === undefined) return defaults;
+  const names = text.split(',').map((n) => n.trim().toLowerCase());
+  for (const n of names) {
+    if (!COLUMN_NAMES.includes(n)) throw new UsageError(`--columns: unknown column "${n}" (valid: ${COLUMN_NAMES.join(', ')})`);
   }
-  return clean(
-    `${time.padEnd(12)}  ${container.padEnd(12)}  ${clean(String(ev.pid)).padStart(7)}  ${clean(String(ev.comm)).padEnd(16)}  ${clean(String(ev.type)).padEnd(7)}  ${text}`,
-  );
+  if (new Set(names).size !== names.length) throw new UsageError('--columns names a column twice');
+  return names;
 }
+
+/** The header line and the row of each event, columns aligned to fixed widths (a stream cannot measure them first). */
+export function columnsLayout(names: readonly ColumnName[], widths: Partial<Record<ColumnName, number>> = {}): { header: string; row(ev: AmberEvent, node?: string): string } {
+  const cols = names.map((n) => ({ ...COLUMNS[n], width: widths[n] ?? COLUMNS[n].width }));
+  const last = cols.length - 1;
+  const pad = (text: string, c: Column, i: number) => (i === last && !c.right ? text : c.right ? text.padStart(c.width) : text.padEnd(c.width));
+  return {
+    header: cols.map((c, i) => pad(c.header, c, i)).join('  ').trimEnd(),
+    row: (ev, node = '') => clean(cols.map((c, i) => pad(clean(c.cell(ev as Joined, node)), c, i)).join('  ')),
+  };
+}
+
+/** One event as a table row of the default columns. */
+export function formatColumns(ev: AmberEvent): string {
+  defaultLayout ??= columnsLayout(DEFAULT_COLUMNS);
+  return defaultLayout.row(ev);
+}
+let defaultLayout: ReturnType<typeof columnsLayout> | undefined;
 
 /** An address alone (the common answer), any other type with its name. */
 function answerText(a: DnsAnswer): string {

@@ -9,7 +9,7 @@ import { AgentClient, type ClientAuth, DEFAULT_SERVER, describeError } from '../
 import { discoverAgents, K8S_DEFAULTS, type K8sDiscovery } from '../api/k8s';
 import type { EventFilter } from '../filter';
 import type { AmberEvent } from '../sensor/events';
-import { clean, COLUMNS_HEADER, eventFormatter, formatColumns, type OutputFormat } from './format';
+import { type ColumnName, columnsLayout, DEFAULT_COLUMNS, type OutputFormat } from './format';
 import { UsageError } from './usage';
 
 export const SERVER_OPTIONS = {
@@ -121,29 +121,31 @@ export async function connectNodes(
 
 /** Lines for stdout, with the node named when there are several. */
 class Printer {
-  private readonly width: number;
-  private readonly show: (e: AmberEvent) => string;
+  private readonly layout: ReturnType<typeof columnsLayout>;
 
   constructor(
     private readonly out: NodeJS.WritableStream,
     private readonly format: OutputFormat,
     private readonly multi: boolean,
     names: string[],
+    columns: readonly ColumnName[] | undefined,
+    defaults: readonly ColumnName[] = DEFAULT_COLUMNS,
   ) {
-    this.width = Math.max(4, ...names.map((n) => n.length));
-    this.show = eventFormatter(format);
+    // chosen columns are shown as chosen; by default NODE comes first when several agents are merged
+    const chosen = columns ?? (multi ? ['node', ...defaults] : defaults);
+    this.layout = columnsLayout(chosen, { node: Math.max(4, ...names.map((n) => n.length)) });
   }
 
   header(): void {
-    if (this.format === 'columns') this.out.write(`${this.multi ? `${'NODE'.padEnd(this.width)}  ` : ''}${COLUMNS_HEADER}\n`);
+    if (this.format === 'columns') this.out.write(`${this.layout.header}\n`);
   }
 
   /** Writes the events; resolves when stdout can take more (its backpressure slows the reading, so the agent's queue for us fills, not our memory). */
   async print(node: string, events: AmberEvent[]): Promise<void> {
     let text = '';
-    if (!this.multi) for (const e of events) text += `${this.show(e)}\n`;
-    else if (this.format === 'json') for (const e of events) text += `${JSON.stringify({ node, ...e })}\n`;
-    else for (const e of events) text += `${clean(node).padEnd(this.width)}  ${formatColumns(e)}\n`;
+    if (this.format === 'columns') for (const e of events) text += `${this.layout.row(e, node)}\n`;
+    else if (!this.multi) for (const e of events) text += `${JSON.stringify(e)}\n`;
+    else for (const e of events) text += `${JSON.stringify({ node, ...e })}\n`;
     if (text && !this.out.write(text)) {
       await new Promise<void>((resolve) => {
         const done = () => {
@@ -181,6 +183,7 @@ export interface RemoteTraceOptions {
   k8s?: K8sDiscovery;
   filter: EventFilter;
   format: OutputFormat;
+  columns?: readonly ColumnName[];
   timeoutMs?: number;
 }
 
@@ -189,7 +192,7 @@ export async function remoteTrace(opts: RemoteTraceOptions, out: NodeJS.Writable
   const nodes = await connectNodes(opts.servers, opts.auth, err, opts.k8s);
   if (nodes.length === 0) return 1;
   const multi = (opts.servers?.length ?? 0) > 1 || opts.k8s !== undefined;
-  const printer = new Printer(out, opts.format, multi, nodes.map((n) => n.name));
+  const printer = new Printer(out, opts.format, multi, nodes.map((n) => n.name), opts.columns);
   printer.header();
   let stopping = false;
   const cleanup = onStop(opts.timeoutMs, () => {
@@ -231,14 +234,14 @@ export async function remoteTrace(opts: RemoteTraceOptions, out: NodeJS.Writable
 
 /** amber buffer query against agents, one after the other. Exit code 0, or 1 when an agent failed. */
 export async function remoteQuery(
-  opts: { servers: string[] | undefined; auth: ClientAuth; k8s?: K8sDiscovery; filter: EventFilter; format: OutputFormat; limit: number },
+  opts: { servers: string[] | undefined; auth: ClientAuth; k8s?: K8sDiscovery; filter: EventFilter; format: OutputFormat; columns?: readonly ColumnName[]; defaultColumns?: readonly ColumnName[]; limit: number },
   out: NodeJS.WritableStream,
   err: NodeJS.WritableStream,
 ): Promise<number> {
   const nodes = await connectNodes(opts.servers, opts.auth, err, opts.k8s);
   if (nodes.length === 0) return 1;
   const multi = (opts.servers?.length ?? 0) > 1 || opts.k8s !== undefined;
-  const printer = new Printer(out, opts.format, multi, nodes.map((n) => n.name));
+  const printer = new Printer(out, opts.format, multi, nodes.map((n) => n.name), opts.columns, opts.defaultColumns);
   printer.header();
   let stopping = false;
   const cleanup = onStop(undefined, () => {

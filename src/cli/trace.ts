@@ -5,14 +5,17 @@
  * publishes into a Pipeline and the output takes the command's filter there.
  */
 import { parseArgs } from 'node:util';
+import { ContainerMetadataStore } from '../containers/metadata';
+import { fieldsLookup, withMetadata } from '../containers/metadata-dir';
 import { DEFAULTS, RANGES } from '../defaults';
 import { compileFilter, type EventFilter } from '../filter';
 import { Pipeline } from '../pipeline/pipeline';
 import { EVENT_TYPES } from '../sensor/events';
+import { preflight } from '../sensor/preflight';
 import { countTotal, Sensor, type SensorStats } from '../sensor/sensor';
 import { nowNs } from '../time';
 import { durationOption, FILTER_OPTIONS, FILTER_USAGE, filterFromOptions } from './filter-options';
-import { COLUMNS_HEADER, eventFormatter, parseOutputFormat } from './format';
+import { COLUMN_NAMES, columnsLayout, DEFAULT_COLUMNS, eventFormatter, parseColumns, parseOutputFormat } from './format';
 import { note, OutputWriter } from './output';
 import { remoteTrace, SERVER_OPTIONS, SERVER_USAGE, serversFromOptions } from './remote';
 import { parseEventTypes, UsageError } from './usage';
@@ -21,6 +24,9 @@ export const TRACE_USAGE = `usage: amber trace <${EVENT_TYPES.join('|')}|all> [-
 ${SERVER_USAGE}
   --local                     load the sensor in this process instead (a node without an agent)
   -o, --output json|columns   output format (default columns)
+  --columns A,B,...           the table's columns, in order (${COLUMN_NAMES.join(', ')};
+                              default namespace,pod,container,pid,comm,type,details; node first
+                              when several agents are merged)
 ${FILTER_USAGE}
   --timeout DURATION          stop after this long (e.g. 10s; ${RANGES.traceTimeout.text})
   --dns-timeout DURATION      a DNS query unanswered this long is reported as TIMEOUT
@@ -33,6 +39,7 @@ export const TRACE_OPTIONS = {
   local: { type: 'boolean' },
   ...SERVER_OPTIONS,
   output: { type: 'string', short: 'o' },
+  columns: { type: 'string' },
   ...FILTER_OPTIONS,
   timeout: { type: 'string' },
   'dns-timeout': { type: 'string' },
@@ -55,25 +62,31 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
   if (positionals.length !== 1) throw new UsageError(TRACE_USAGE);
   const types = parseEventTypes(positionals[0], 'trace', true);
   const format = parseOutputFormat(values.output);
+  if (values.columns !== undefined && format !== 'columns') throw new UsageError('--columns applies to -o columns');
+  const columns = values.columns === undefined ? undefined : parseColumns(values.columns);
   const filter: EventFilter = { ...filterFromOptions(values, nowNs()), types };
   const timeoutMs = values.timeout !== undefined ? durationOption('--timeout', values.timeout, RANGES.traceTimeout) : undefined;
   if (!values.local) {
     if (values['dns-timeout'] !== undefined) throw new UsageError("--dns-timeout is the agent's setting (sensor.dnsTimeout); it applies to --local only");
-    return remoteTrace({ ...serversFromOptions(values), filter, format, timeoutMs }, out, err);
+    return remoteTrace({ ...serversFromOptions(values), filter, format, columns, timeoutMs }, out, err);
   }
   if (values.server) throw new UsageError('--local and --server exclude each other');
   const dnsTimeoutMs =
     values['dns-timeout'] !== undefined ? durationOption('--dns-timeout', values['dns-timeout'], RANGES.sensor.dnsTimeout) : undefined;
 
   const output = new OutputWriter(out);
-  const show = eventFormatter(format);
-  if (format === 'columns') output.write(`${COLUMNS_HEADER}\n`);
+  const show = eventFormatter(format, columns);
+  if (format === 'columns') output.write(`${columnsLayout(columns ?? DEFAULT_COLUMNS).header}\n`);
   const pipeline = new Pipeline((obj, msg) => note(err, `amber: ${msg} ${JSON.stringify(obj)}\n`));
   // The output is this process's recorder, as the buffer is the agent's: a sink, so a slow output
   // applies the sensor's backpressure (and the kernel counts what the ring drops) instead of
   // losing events in a subscriber queue. Measured under the open storm, a queued subscriber lost
   // about half of the storm's events while a sink lost none.
-  const matches = compileFilter(filter);
+  // this process learns the containers as the agent does (no files: nothing is written locally)
+  const { cgroupRoot } = preflight({ needCgroupSkb: types.includes('dns') });
+  const containers = new ContainerMetadataStore({ cgroupRoot, log: (obj, msg) => note(err, `amber: ${msg} ${JSON.stringify(obj)}\n`) });
+  const known = (id: string) => containers.get(id);
+  const matches = compileFilter(filter, fieldsLookup(known));
   let written = 0;
   pipeline.addSink((events) => {
     if (output.closed) return;
@@ -81,14 +94,22 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
     let n = 0;
     for (const e of events) {
       if (!matches(e)) continue;
-      text += `${show(e)}\n`;
+      text += `${show(withMetadata(e, known))}\n`;
       n++;
     }
     written += n;
     output.write(text);
     void output.flush(); // one write per batch; stdout to a file, pipe or terminal writes synchronously on Linux
   });
-  const sensor = await Sensor.start({ types, ignoreSelf: true, dnsTimeoutMs }, pipeline.publish);
+  let sensor: Sensor;
+  try {
+    sensor = await Sensor.start({ types, ignoreSelf: true, dnsTimeoutMs, cgroupRoot, containers }, pipeline.publish);
+  } catch (e) {
+    containers.close();
+    throw e;
+  }
+  // the containers running now are named before the first line: learned at start, in the background
+  await containers.idle();
   note(err, `amber: tracing ${types.join(',')} (${timeoutMs !== undefined ? `for ${timeoutMs / 1000}s` : 'Ctrl-C to stop'})\n`);
 
   await new Promise<void>((resolve) => {
@@ -106,6 +127,7 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
   const stats = await sensor.stop();
   await output.flush();
   pipeline.close();
+  containers.close();
   note(err, `${formatStats(stats, written)}\n`);
   return 0;
 }

@@ -146,12 +146,25 @@ export function withMetadata<E extends { containerId: string }>(
   if (event.containerId === '') return event;
   const md = lookup(event.containerId);
   if (md === undefined) return event;
-  return {
-    ...event,
-    runtime: md.runtime,
-    container: md.name,
-    image: md.image,
-    pod: md.pod?.name ?? '',
-    namespace: md.pod?.namespace ?? '',
+  return { ...event, ...containerFields(md) };
+}
+
+/** What an event shows of a container (withMetadata's fields, in its order). */
+export function containerFields(md: ContainerMetadata): ContainerFields {
+  return { runtime: md.runtime, container: md.name, image: md.image, pod: md.pod?.name ?? '', namespace: md.pod?.namespace ?? '' };
+}
+
+/**
+ * A filter's container lookup (src/filter.ts) over metadata by ID. The fields
+ * are made once per metadata object (the API joins every event it sends).
+ */
+export function fieldsLookup(get: (containerId: string) => ContainerMetadata | undefined): (containerId: string) => ContainerFields | undefined {
+  const made = new WeakMap<ContainerMetadata, ContainerFields>();
+  return (id) => {
+    const md = get(id);
+    if (md === undefined) return undefined;
+    let fields = made.get(md);
+    if (fields === undefined) made.set(md, (fields = containerFields(md)));
+    return fields;
   };
 }

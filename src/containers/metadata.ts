@@ -230,6 +230,11 @@ export class ContainerMetadataStore {
     return this.entries.get(containerId);
   }
 
+  /** Resolves when every lookup in progress now is done (each is bounded by the call timeout). */
+  async idle(): Promise<void> {
+    await Promise.allSettled([...this.pending.values()]);
+  }
+
   /** Waits for a lookup in progress. */
   async lookup(containerId: string): Promise<ContainerMetadata | undefined> {
     const pending = this.pending.get(containerId);

@@ -9,7 +9,7 @@
  * and logged; neither can stop the others or cost the sink an event.
  * Subscribers only receive: none of them reaches back into the sensor.
  */
-import { compileFilter, type EventFilter, type EventMatcher, isEmptyFilter, validateFilter } from '../filter';
+import { compileFilter, type ContainerLookup, type EventFilter, type EventMatcher, isEmptyFilter, validateFilter } from '../filter';
 import type { AmberEvent } from '../sensor/events';
 
 /** Events a subscriber may have queued before further ones are dropped (counted). */
@@ -61,6 +61,8 @@ export class Pipeline {
   private failed = 0;
   private drainScheduled = false;
   private closed = false;
+  /** Container metadata by ID, for subscribers' pod/namespace/image filters (the join is never stored per event). */
+  containers: ContainerLookup | undefined;
 
   constructor(private readonly log: PipelineLog = () => {}) {}
 
@@ -171,7 +173,7 @@ class Subscriber implements EventStream {
   ) {
     const filter = options.filter ?? {};
     validateFilter(filter);
-    this.matches = isEmptyFilter(filter) ? null : compileFilter(filter);
+    this.matches = isEmptyFilter(filter) ? null : compileFilter(filter, (id) => pipeline.containers?.(id));
     this.maxQueued = options.maxQueued ?? DEFAULT_MAX_QUEUED;
     if (!(Number.isInteger(this.maxQueued) && this.maxQueued > 0)) throw new RangeError('maxQueued must be a positive integer');
   }

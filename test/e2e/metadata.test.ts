@@ -12,7 +12,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ContainerMetadataStore, type ContainerMetadata } from '../../src/containers/metadata';
 import { CriClient } from '../../src/containers/cri';
-import { MetadataDir, withMetadata } from '../../src/containers/metadata-dir';
+import { fieldsLookup, MetadataDir, withMetadata } from '../../src/containers/metadata-dir';
+import { compileFilter } from '../../src/filter';
 import { Sensor } from '../../src/sensor/sensor';
 import {
   CriDriver,
@@ -198,5 +199,12 @@ describe('container metadata on real runtimes', () => {
       namespace: 'amber-e2e',
     });
     expect(byId.get(containerId)?.pod?.labels).toEqual(spec.labels);
+    // --pod / --namespace / --image select the pod's events by the copy's metadata
+    const lookup = fieldsLookup((id) => byId.get(id));
+    expect(compileFilter({ pod: spec.name, namespace: 'amber-e2e' }, lookup)(exec)).toBe(true);
+    expect(compileFilter({ image: image.split('/').pop()! }, lookup)(exec)).toBe(true);
+    expect(compileFilter({ pod: spec.name, namespace: 'default' }, lookup)(exec)).toBe(false);
+    expect(compileFilter({ pod: 'shop-web' }, lookup)(exec)).toBe(false);
+    expect(compileFilter({ namespace: 'amber-e2e' })(exec)).toBe(false); // no metadata: no match
   });
 });

@@ -95,7 +95,7 @@ describe('event ⇄ proto', () => {
   });
 
   it('a batch message carries the events in order', () => {
-    const msg = TraceResponse.decode(TraceResponse.encode({ events: GOLDEN.map(toProto), dropped: 0 }).finish());
+    const msg = TraceResponse.decode(TraceResponse.encode({ events: GOLDEN.map((e) => toProto(e)), dropped: 0 }).finish());
     expect(msg.events.map(fromProto)).toEqual(GOLDEN);
     expect(TraceResponse.decode(TraceResponse.encode({ events: [], dropped: 7 }).finish())).toEqual({ events: [], dropped: 7 });
   });
@@ -126,5 +126,21 @@ describe('filter ⇄ proto', () => {
 
   it('an unknown scope is refused', () => {
     expect(() => filterFromProto({ ...filterToProto({}), scope: 7 })).toThrow(/unknown scope 7/);
+  });
+});
+
+describe('container metadata on the wire', () => {
+  const fields = { runtime: 'containerd', container: 'web', image: 'docker.io/library/nginx:1.27', pod: 'web-7f9', namespace: 'shop' };
+  it('an event with its container joined crosses the API as JSON.stringify of withMetadata shows it', () => {
+    for (const ev of GOLDEN as AmberEvent[]) {
+      const back = fromProto(Event.decode(Event.encode(toProto(ev, fields)).finish()));
+      expect(JSON.stringify(back)).toBe(JSON.stringify({ ...ev, ...fields }));
+      // without the join: no container fields at all
+      expect(JSON.stringify(fromProto(Event.decode(Event.encode(toProto(ev)).finish())))).toBe(JSON.stringify(ev));
+    }
+  });
+  it('the pod, namespace and image filters cross the API', () => {
+    const f: EventFilter = { pod: 'web-7f9', namespace: 'shop', image: 'nginx' };
+    expect(filterFromProto(FilterMessage.decode(FilterMessage.encode(filterToProto(f)).finish()))).toEqual(f);
   });
 });

@@ -1,10 +1,11 @@
-import { readFile, writeFile } from 'node:fs/promises';
+import { cp, readFile, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bufferQuery, bufferStats } from '../../src/cli/buffer';
 import { formatColumns } from '../../src/cli/format';
 import { EventBuffer } from '../../src/buffer';
+import { MetadataDir } from '../../src/containers/metadata-dir';
 import type { AmberEvent } from '../../src/sensor/events';
 import {
   acceptEvent,
@@ -75,24 +76,56 @@ describe('amber buffer query', () => {
     expect(r.code).toBe(0);
     const a = CONTAINER_A.slice(0, 12);
     const b = CONTAINER_B.slice(0, 12);
+    // no containers/ metadata here: containers show their ID's first 12 characters, no pod
     expect(r.out.split('\n')).toEqual([
-      'TIME(UTC)     CONTAINER         PID  COMM              TYPE     DETAILS',
-      `12:00:00.001  ${a}       10  bash              exec     /usr/bin/curl (as curl)  curl -d "a b" ""  [upper-layer]`,
-      `12:00:00.002  ${a}       10  bash              open     /etc/shadow  O_RDONLY|O_CLOEXEC  -13 (EACCES)`,
-      `12:00:00.003  ${b}       11  curl              connect  tcp 10.0.0.2:40000 -> 10.0.0.9:443  -111 (ECONNREFUSED)`,
-      `12:00:00.004  ${a}       12  nginx             accept   tcp [fd00::2]:8080 -> [fd00::9]:51000`,
-      `12:00:00.005  ${a}       11  curl              dns      Q A evil.example`,
-      `12:00:00.006  ${a}       11  curl              dns      R A evil.example NOERROR 203.0.113.7,203.0.113.8  (1.3 ms)`,
-      '12:00:00.007  host               30  cron              fork     child 101',
-      '12:00:00.008  host               31  evil\\x1b[2Jname   exit     signal 9 (SIGKILL)',
+      'TIME(UTC)     NAMESPACE     POD                   CONTAINER             PID  COMM              TYPE     DETAILS',
+      `12:00:00.001                                      ${a}           10  bash              exec     /usr/bin/curl (as curl)  curl -d "a b" ""  [upper-layer]`,
+      `12:00:00.002                                      ${a}           10  bash              open     /etc/shadow  O_RDONLY|O_CLOEXEC  -13 (EACCES)`,
+      `12:00:00.003                                      ${b}           11  curl              connect  tcp 10.0.0.2:40000 -> 10.0.0.9:443  -111 (ECONNREFUSED)`,
+      `12:00:00.004                                      ${a}           12  nginx             accept   tcp [fd00::2]:8080 -> [fd00::9]:51000`,
+      `12:00:00.005                                      ${a}           11  curl              dns      Q A evil.example`,
+      `12:00:00.006                                      ${a}           11  curl              dns      R A evil.example NOERROR 203.0.113.7,203.0.113.8  (1.3 ms)`,
+      '12:00:00.007                                      host                   30  cron              fork     child 101',
+      '12:00:00.008                                      host                   31  evil\\x1b[2Jname   exit     signal 9 (SIGKILL)',
       '',
     ]);
+  });
+
+  it('joins the data dir\'s container metadata: NAMESPACE, POD, the container\'s name, --pod/--image, --columns', async () => {
+    const { dir: copy, cleanup: done } = await tempDir();
+    try {
+      await cp(dir, copy, { recursive: true });
+      const md = await MetadataDir.open(copy, { create: true });
+      await md.write({
+        containerId: CONTAINER_A, runtime: 'containerd', name: 'web', image: 'docker.io/library/nginx:1.27', imageId: 'sha256:1', startedAt: '2024-05-01T11:00:00.000Z',
+        initPid: 5, overlay: null, pod: { name: 'web-7f9', namespace: 'shop', uid: 'u1', labels: {} }, removedAt: '', errors: [],
+      });
+      const r = await run(bufferQuery, ['--data-dir', copy, '--pod', 'web-7f9', '--type', 'exec,open']);
+      expect(r).toMatchObject({ code: 0, err: '' });
+      expect(r.out.split('\n')).toEqual([
+        'TIME(UTC)     NAMESPACE     POD                   CONTAINER             PID  COMM              TYPE     DETAILS',
+        '12:00:00.001  shop          web-7f9               web                    10  bash              exec     /usr/bin/curl (as curl)  curl -d "a b" ""  [upper-layer]',
+        '12:00:00.002  shop          web-7f9               web                    10  bash              open     /etc/shadow  O_RDONLY|O_CLOEXEC  -13 (EACCES)',
+        '',
+      ]);
+      const chosen = await run(bufferQuery, ['--data-dir', copy, '--image', 'nginx', '--type', 'fork,accept', '--columns', 'pod,type,pid']);
+      expect(chosen.out.split('\n')).toEqual(['POD                   TYPE         PID', 'web-7f9               accept        12', '']);
+      const json = await run(bufferQuery, ['--data-dir', copy, '--namespace', 'shop', '--type', 'accept', '-o', 'json']);
+      expect(Object.entries(JSON.parse(json.out)).slice(-5)).toEqual([
+        ['runtime', 'containerd'], ['container', 'web'], ['image', 'docker.io/library/nginx:1.27'], ['pod', 'web-7f9'], ['namespace', 'shop'],
+      ]);
+      const bad = await run(bufferQuery, ['--data-dir', copy, '--columns', 'pod,nope']);
+      expect(bad.code).toBe(2);
+      expect(bad.err).toContain('--columns: unknown column "nope" (valid: node, time, namespace, pod, container, pid, comm, type, details)');
+    } finally {
+      await done();
+    }
   });
 
   it('shows an event that is not a contract shape whole instead of failing', () => {
     const partial = { type: 'exec', ts: T0, pid: 7 } as unknown as AmberEvent;
     expect(formatColumns(partial)).toBe(
-      `12:00:00.000  host                7  undefined         exec     {"type":"exec","ts":${T0},"pid":7}`,
+      `                                    host                    7  undefined         exec     {"type":"exec","ts":${T0},"pid":7}`,
     );
   });
 

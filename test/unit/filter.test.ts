@@ -51,3 +51,44 @@ describe('validateFilter', () => {
     expect(() => validateFilter(filter)).toThrow(message);
   });
 });
+
+describe('compileFilter with container metadata (pod, namespace, image)', () => {
+  // CONTAINER_A is a pod's container, CONTAINER_B a plain podman one; the host event has none
+  const fields = new Map([
+    [CONTAINER_A, { runtime: 'containerd', container: 'web', image: 'docker.io/library/nginx:1.27', pod: 'web-7f9', namespace: 'shop' }],
+    [CONTAINER_B, { runtime: 'podman', container: 'tools', image: 'localhost/amber-test-busybox:1', pod: '', namespace: '' }],
+  ]);
+  const lookup = (id: string) => fields.get(id);
+
+  it.each<[string, EventFilter, number[]]>([
+    ['pod, exact', { pod: 'web-7f9' }, [1, 4]],
+    ['pod, not a prefix', { pod: 'web' }, []],
+    ['namespace, exact', { namespace: 'shop' }, [1, 4]],
+    ['image, a substring of the reference', { image: 'busybox' }, [3]],
+    ['image and pod together', { image: 'nginx', pod: 'web-7f9', types: ['open'] }, [4]],
+    ['image that no container has', { image: 'redis' }, []],
+  ])('%s', (_, filter, pids) => {
+    validateFilter(filter);
+    expect(events.filter(compileFilter(filter, lookup)).map((e) => e.pid)).toEqual(pids);
+  });
+
+  it('an event whose container is unknown (or no lookup) does not match', () => {
+    expect(events.filter(compileFilter({ image: 'nginx' })).map((e) => e.pid)).toEqual([]);
+    expect(events.filter(compileFilter({ image: 'nginx' }, () => undefined)).map((e) => e.pid)).toEqual([]);
+  });
+
+  it('an event already joined (withMetadata) is matched on its own fields, not looked up', () => {
+    const joined = { ...openEvent(T0, { pid: 7, containerId: CONTAINER_B }), ...fields.get(CONTAINER_A)! };
+    expect(compileFilter({ pod: 'web-7f9' }, () => undefined)(joined as never)).toBe(true);
+    expect(compileFilter({ image: 'busybox' }, lookup)(joined as never)).toBe(false);
+  });
+
+  it.each<[EventFilter, string]>([
+    [{ pod: '' }, 'pod must not be empty'],
+    [{ namespace: '' }, 'namespace must not be empty'],
+    [{ image: '' }, 'image must not be empty'],
+    [{ pod: 'x', scope: 'host' }, 'exclude host processes only'],
+  ])('refuses %j', (filter, message) => {
+    expect(() => validateFilter(filter)).toThrow(message);
+  });
+});
