@@ -7,6 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import dns from 'node:dns';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -171,6 +172,18 @@ describe('sensor fidelity on the real kernel', () => {
     for (const e of runcInit) expect(e.exePath).toBe(fs.realpathSync(e.args[0]));
     // in the host's mount namespace only the container's cgroup names it (runc's start of the container), never the namespace
     expect(log.events.filter((e) => e.mntns === hostMntns && e.containerId === container.id && e.cgroupId !== init.cgroupId)).toEqual([]);
+  });
+
+  it('reports a refused blocking connect without its source (the kernel released it before the exit)', async () => {
+    // a port nobody listens on: bind one, note it, close it
+    const probe = net.createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+    const port = (probe.address() as net.AddressInfo).port;
+    await new Promise((r) => probe.close(r));
+    const code = `import socket\ns = socket.socket()\ntry:\n  s.connect(("127.0.0.1", ${port}))\nexcept ConnectionRefusedError:\n  pass`;
+    expect(await run(PYTHON, ['-c', code])).toBe(0);
+    const [e] = await log.waitFor('connect', (e) => e.dport === port && e.ret === -111);
+    expect(e).toMatchObject({ proto: 'tcp', family: 4, daddr: '127.0.0.1', saddr: '0.0.0.0', sport: 0 });
   });
 
   it('frames every record the kernel wrote', () => {
