@@ -190,7 +190,7 @@ describe('sensor fidelity on the real kernel', () => {
     expect(sensor.stats()).toMatchObject({ unframedRecords: 0, unframedBytes: 0 });
   });
 
-  it('keeps the bytes of a path that is not UTF-8, recoverable from JSON', async () => {
+  it('keeps the bytes of a path or argument that is not UTF-8, recoverable from JSON', async () => {
     const name = Buffer.concat([Buffer.from(tmp + '/bad-'), Buffer.from([0xff, 0xfe]), Buffer.from('.txt')]);
     fs.closeSync(fs.openSync(name, 'w'));
     const [e] = await log.waitFor('open', (e) => e.pid === process.pid && e.path === `${tmp}/bad-\u{fffd}\u{fffd}.txt`);
@@ -198,5 +198,11 @@ describe('sensor fidelity on the real kernel', () => {
     expect(back.pathRaw).toBe(name.toString('base64'));
     expect(Buffer.from(back.pathRaw!, 'base64')).toEqual(name);
     fs.rmSync(name);
+    // and of arguments: the whole argv as the kernel captured it
+    const code = 'import os\nos.execv("/usr/bin/true", [b"amber-raw-marker", b"a\\xff\\xfeb"])';
+    expect(await run(PYTHON, ['-c', code])).toBe(0);
+    const [x] = await log.waitFor('exec', (e) => e.args[0] === 'amber-raw-marker');
+    expect(x).toMatchObject({ args: ['amber-raw-marker', 'a\u{fffd}\u{fffd}b'], argsRaw: Buffer.from('amber-raw-marker\0a\xff\xfeb\0', 'latin1').toString('base64') });
+    expect(x).not.toHaveProperty('filenameRaw');
   });
 });
