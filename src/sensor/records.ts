@@ -5,7 +5,7 @@
  * wireConstants()), so they cannot drift silently.
  */
 import { isUtf8 } from 'node:buffer';
-import * as path from 'node:path';
+import { posix } from 'node:path';
 import type { AmberEvent, CommonFields, DnsEvent, ExecEvent, OpenEvent, Proto } from './events';
 import { openFlagNames } from './flags';
 import { ipv4ToString, ipv6ToString } from './ip';
@@ -168,15 +168,11 @@ export function decodeBatch(buf: Buffer, ctx: DecodeContext, out: AmberEvent[]):
 }
 
 /**
- * A path or argument as text. Bytes that are not UTF-8 (file names are any
- * bytes) decode with U+FFFD in their place; the caller then keeps the bytes
- * themselves in a `…Raw` field (base64). The check is a scan for U+FFFD first:
- * nearly every string passes it without looking at the bytes again.
+ * Paths and arguments are bytes (file names are any bytes): those that are not
+ * UTF-8 decode with U+FFFD in their place, and the caller keeps the bytes
+ * themselves in a `…Raw` field, base64. The scan for U+FFFD comes first:
+ * nearly every string passes it without the bytes being looked at again.
  */
-function text(buf: Buffer, start: number, end: number): string {
-  return buf.toString('utf8', start, end);
-}
-
 function rawIfNotUtf8(s: string, buf: Buffer, start: number, end: number): string | undefined {
   if (s.indexOf('\uFFFD') < 0) return undefined;
   const bytes = buf.subarray(start, end);
@@ -229,8 +225,8 @@ function decodeRecord(buf: Buffer, off: number, kind: number, size: number, ctx:
       const argsEnd = Math.min(argsAt + argsLen, limit);
       const cwdAt = argsAt + argsLen;
       const cwdEnd = Math.min(cwdAt + cwdLen, limit);
-      const filename = text(buf, filenameAt, filenameEnd);
-      const exePath = text(buf, exePathAt, exePathEnd);
+      const filename = buf.toString('utf8', filenameAt, filenameEnd);
+      const exePath = buf.toString('utf8', exePathAt, exePathEnd);
       const args = splitArgs(buf, argsAt, argsEnd);
       const isScript = (flags & RecordFlag.script) !== 0;
       const ev: ExecEvent = {
@@ -241,7 +237,7 @@ function decodeRecord(buf: Buffer, off: number, kind: number, size: number, ctx:
         argsTruncated: (flags & RecordFlag.argsTruncated) !== 0,
         upperLayer: (flags & RecordFlag.upperLayer) !== 0,
         fileless: (flags & RecordFlag.fileless) !== 0,
-        script: isScript ? scriptPath(text(buf, cwdAt, cwdEnd), filename) : '',
+        script: isScript ? scriptPath(buf.toString('utf8', cwdAt, cwdEnd), filename) : '',
         pathTruncated: (flags & RecordFlag.pathTruncated) !== 0,
       };
       const filenameRaw = rawIfNotUtf8(filename, buf, filenameAt, filenameEnd);
@@ -281,7 +277,7 @@ function decodeRecord(buf: Buffer, off: number, kind: number, size: number, ctx:
       const pathEnd = Math.min(p + pathLen, limit);
       const ev: OpenEvent = {
         type: 'open', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns,
-        path: text(buf, p, pathEnd),
+        path: buf.toString('utf8', p, pathEnd),
         flags: openFlags,
         flagNames: openFlagNames(openFlags),
         mode: buf.readUInt32LE(off + L['amber_open.mode']),
@@ -352,7 +348,7 @@ function commString(buf: Buffer, start: number): string {
 function scriptPath(cwd: string, filename: string): string {
   if (filename.startsWith('/')) return filename;
   if (cwd === '') return filename; // the cwd did not fit: pathTruncated is set
-  return path.posix.resolve(cwd, filename);
+  return posix.resolve(cwd, filename);
 }
 
 /** argv as the kernel keeps it: NUL-separated, the last one NUL-terminated unless cut. */

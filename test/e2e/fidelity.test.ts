@@ -7,6 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import dns from 'node:dns';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -174,11 +175,23 @@ describe('sensor fidelity on the real kernel', () => {
     expect(log.events.filter((e) => e.mntns === hostMntns && e.containerId === container.id && e.cgroupId !== init.cgroupId)).toEqual([]);
   });
 
+  it('reports a refused blocking connect without its source (the kernel released it before the exit)', async () => {
+    // a port nobody listens on: bind one, note it, close it
+    const probe = net.createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+    const port = (probe.address() as net.AddressInfo).port;
+    await new Promise((r) => probe.close(r));
+    const code = `import socket\ns = socket.socket()\ntry:\n  s.connect(("127.0.0.1", ${port}))\nexcept ConnectionRefusedError:\n  pass`;
+    expect(await run(PYTHON, ['-c', code])).toBe(0);
+    const [e] = await log.waitFor('connect', (e) => e.dport === port && e.ret === -111);
+    expect(e).toMatchObject({ proto: 'tcp', family: 4, daddr: '127.0.0.1', saddr: '0.0.0.0', sport: 0 });
+  });
+
   it('frames every record the kernel wrote', () => {
     expect(sensor.stats()).toMatchObject({ unframedRecords: 0, unframedBytes: 0 });
   });
 
-  it('keeps the bytes of a path that is not UTF-8, recoverable from JSON', async () => {
+  it('keeps the bytes of a path or argument that is not UTF-8, recoverable from JSON', async () => {
     const name = Buffer.concat([Buffer.from(tmp + '/bad-'), Buffer.from([0xff, 0xfe]), Buffer.from('.txt')]);
     fs.closeSync(fs.openSync(name, 'w'));
     const [e] = await log.waitFor('open', (e) => e.pid === process.pid && e.path === `${tmp}/bad-\u{fffd}\u{fffd}.txt`);
@@ -186,5 +199,11 @@ describe('sensor fidelity on the real kernel', () => {
     expect(back.pathRaw).toBe(name.toString('base64'));
     expect(Buffer.from(back.pathRaw!, 'base64')).toEqual(name);
     fs.rmSync(name);
+    // and of arguments: the whole argv as the kernel captured it
+    const code = 'import os\nos.execv("/usr/bin/true", [b"amber-raw-marker", b"a\\xff\\xfeb"])';
+    expect(await run(PYTHON, ['-c', code])).toBe(0);
+    const [x] = await log.waitFor('exec', (e) => e.args[0] === 'amber-raw-marker');
+    expect(x).toMatchObject({ args: ['amber-raw-marker', 'a\u{fffd}\u{fffd}b'], argsRaw: Buffer.from('amber-raw-marker\0a\xff\xfeb\0', 'latin1').toString('base64') });
+    expect(x).not.toHaveProperty('filenameRaw');
   });
 });

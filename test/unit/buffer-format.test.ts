@@ -42,6 +42,34 @@ describe('block encoding', () => {
     });
   });
 
+  it('keeps the optional raw bytes of non-UTF-8 paths and args, and every DNS answer type', () => {
+    const events = [
+      openEvent(T0, { path: '/tmp/\u{fffd}', pathRaw: Buffer.from([0x2f, 0x74, 0x6d, 0x70, 0x2f, 0xff]).toString('base64') }),
+      execEvent(T0 + 1, { args: ['x', '\u{fffd}'], argsRaw: Buffer.from('x\0\xff\0', 'latin1').toString('base64'), script: '/tmp/s.sh' }),
+      openEvent(T0 + 2, { pathTruncated: true }),
+      ...oneOfEach(T0 + 3).filter((e) => e.type === 'dns').map((e) => ({
+        ...e,
+        answers: [
+          { type: 'TXT', data: '"a\\"b" "\\255"' },
+          { type: 'MX', data: '10 mx.example' },
+          { type: '', data: 'old.example' },
+        ],
+        answersTruncated: true,
+      })),
+    ] as AmberEvent[];
+    const { payload } = encode(events);
+    expect(decodeBlockPayload(payload)).toEqual(events);
+    expect(JSON.parse(JSON.stringify(decodeBlockPayload(payload)))).toEqual(events);
+  });
+
+  it('reads string DNS answers of blocks written before answers had types', () => {
+    const old = { ...oneOfEach(T0)[6], answers: ['10.0.0.1', '2001:db8::1', 'cname.example'] };
+    const payload = new Packr({ useRecords: false }).pack([old]);
+    expect(decodeBlockPayload(payload)).toEqual([
+      { ...old, answers: [{ type: 'A', data: '10.0.0.1' }, { type: 'AAAA', data: '2001:db8::1' }, { type: '', data: 'cname.example' }] },
+    ]);
+  });
+
   it('writes msgpackr records that a fresh Unpackr decodes standalone, like Packr output', () => {
     const events = Array.from({ length: 10 }, (_, i) => oneOfEach(T0 + i * 1e6)).flat();
     const { payload } = encode(events);
