@@ -126,7 +126,7 @@ static __always_inline void header_fill_task(struct amber_header *h, __u8 kind, 
 	h->cgroup_id = task->cgroups->dfl_cgrp->kn->id;
 	if (bpf_core_field_exists(task->comm)) {
 		dst[0] = comm[0];
-		/* byte 15 is the NUL on every kernel; kept so if comm ever grows (little-endian) */
+		/* byte 15 is always NUL today; forced, should comm ever grow (little-endian) */
 		dst[1] = comm[1] & 0x00ffffffffffffffULL;
 	} else {
 		bpf_get_current_comm(h->comm, sizeof(h->comm)); /* a kernel that renamed the field */
