@@ -136,6 +136,14 @@ function details(ev: AmberEvent): string {
       const latency = ev.latencyNs !== undefined ? `  (${(ev.latencyNs / 1e6).toFixed(1)} ms)` : '';
       return `R ${clean(ev.qtype)} ${clean(ev.name)} ${clean(ev.rcode)}${ev.answers.length ? ` ${ev.answers.map(answerText).join(',')}` : ''}${ev.answersTruncated ? ' [answers truncated]' : ''}${latency}`;
     }
+    case 'drift': {
+      const hash = ev.sha256 ? `sha256 ${ev.sha256.slice(0, 16)}…` : ev.hashError ? `[${clean(ev.hashError)}]` : '';
+      return [`${ev.action} ${ev.reason} ${ev.subject} ${clean(ev.path)} (${ev.change})`, hash, `rules ${ev.rules.map(clean).join(',')}`]
+        .filter(Boolean)
+        .join('  ');
+    }
+    case 'alert':
+      return `${ev.action} rules ${ev.rules.map(clean).join(',')}: ${ev.event ? `${clean(String(ev.event.type))} ${details(ev.event)}` : ''}`;
     default:
       return '';
   }
