@@ -19,7 +19,10 @@ let confDir: string | undefined;
 
 function env(): NodeJS.ProcessEnv {
   if (!confDir) {
-    confDir = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-podman-'));
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-podman-'));
+    confDir = dir;
+    // one private containers.conf per test process, gone with it
+    process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
     fs.writeFileSync(
       path.join(confDir, 'containers.conf'),
       '[containers]\ndefault_ulimits = []\n[engine]\nruntime = "runc"\n',

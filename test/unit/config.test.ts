@@ -1,11 +1,12 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { envName, loadConfig, optionPaths, parseSize } from '../../src/config';
 import { MAX_TIMER_MS, RANGES } from '../../src/defaults';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-config-'));
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 function file(name: string, text: string): string {
   const p = path.join(dir, name);
   fs.writeFileSync(p, text);
