@@ -15,20 +15,21 @@ const run = promisify(execFile);
 export const TEST_IMAGE = 'localhost/amber-test-busybox:1';
 const BUSYBOX_APPLETS = ['sh', 'ls', 'cat', 'cp', 'sleep', 'echo', 'true', 'false', 'nslookup', 'wget', 'kill', 'mkdir', 'rm', 'ln', 'chmod'];
 
-let confDir: string | undefined;
+/** The tests' private podman configuration, in the project's own build dir (gitignored): nothing left in /tmp. */
+const CONF_DIR = path.resolve(__dirname, '../../build/test-podman');
+const CONF = path.join(CONF_DIR, 'containers.conf');
+let confWritten = false;
 
 function env(): NodeJS.ProcessEnv {
-  if (!confDir) {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-podman-'));
-    confDir = dir;
-    // one private containers.conf per test process, gone with it
-    process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
-    fs.writeFileSync(
-      path.join(confDir, 'containers.conf'),
-      '[containers]\ndefault_ulimits = []\n[engine]\nruntime = "runc"\n',
-    );
+  if (!confWritten) {
+    fs.mkdirSync(CONF_DIR, { recursive: true, mode: 0o700 });
+    // written whole under a name of this process's own, then renamed: test files run in parallel
+    const tmp = `${CONF}.${process.pid}`;
+    fs.writeFileSync(tmp, '[containers]\ndefault_ulimits = []\n[engine]\nruntime = "runc"\n');
+    fs.renameSync(tmp, CONF);
+    confWritten = true;
   }
-  return { ...process.env, CONTAINERS_CONF: path.join(confDir, 'containers.conf') };
+  return { ...process.env, CONTAINERS_CONF: CONF };
 }
 
 export async function podman(...args: string[]): Promise<string> {
