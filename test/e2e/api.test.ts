@@ -3,7 +3,7 @@
  * real podman container), the CLI as a separate process over the unix socket,
  * a slow client during an open storm, and a fuzzer against the service.
  */
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,49 +15,10 @@ import { AgentClient } from '../../src/api/client';
 import { filterToProto } from '../../src/api/event-codec';
 import { AmberClient, AmberService, QueryRequest, TraceRequest, type TraceResponse } from '../../src/api/gen/amber';
 import type { AmberEvent } from '../../src/sensor/events';
-import { CLI, type RunningAgent, startAgentProcess, stopAgentProcess } from '../helpers/agent';
+import { amber, amberStreaming, type Run, type RunningAgent, startAgentProcess, stopAgentProcess } from '../helpers/agent';
 import { startContainer, uniqueName, type Container } from '../helpers/podman';
 
 const execFileP = promisify(execFile);
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** A CLI process that streams: `during` runs once it says it is tracing; resolves when it exits. */
-function amberStreaming(args: string[], during: (child: ReturnType<typeof spawn>, out: () => string, errText: () => string) => Promise<unknown>): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    let started = false;
-    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => {
-      stderr += d.toString();
-      if (!started && stderr.includes('amber: tracing')) {
-        started = true;
-        during(child, () => stdout, () => stderr).catch((e) => {
-          child.kill('SIGKILL');
-          reject(e);
-        });
-      }
-    });
-    child.on('error', reject);
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-async function amber(...args: string[]): Promise<Run> {
-  try {
-    const { stdout, stderr } = await execFileP(process.execPath, [CLI, ...args], { maxBuffer: 512 << 20 });
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
-  }
-}
 
 const lines = (text: string) => text.split('\n').filter(Boolean);
 

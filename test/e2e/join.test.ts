@@ -4,55 +4,13 @@
  * `amber trace --local`, through an agent's API, and in a copy of the agent's
  * data dir queried offline; --image/--pod select by them.
  */
-import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, type RunningAgent, startAgentProcess, stopAgentProcess } from '../helpers/agent';
+import { amber, amberStreaming, type RunningAgent, startAgentProcess, stopAgentProcess } from '../helpers/agent';
 import { type Container, startContainer, TEST_IMAGE, uniqueName } from '../helpers/podman';
 
-const execFileP = promisify(execFile);
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** A CLI process that streams: `during` runs once it says it is tracing; resolves when it exits. */
-function amberStreaming(args: string[], during: () => Promise<unknown>): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    let started = false;
-    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => {
-      stderr += d.toString();
-      if (!started && stderr.includes('amber: tracing')) {
-        started = true;
-        during().catch((e) => {
-          child.kill('SIGKILL');
-          reject(e);
-        });
-      }
-    });
-    child.on('error', reject);
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-async function amber(...args: string[]): Promise<Run> {
-  try {
-    const { stdout, stderr } = await execFileP(process.execPath, [CLI, ...args], { maxBuffer: 64 << 20 });
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
-  }
-}
 
 const lines = (text: string) => text.split('\n').filter(Boolean);
 /** The test image's name without registry or tag: a substring of its reference. */
