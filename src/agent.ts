@@ -12,6 +12,8 @@ import { EventBuffer, type BufferLog } from './buffer';
 import type { AmberConfig } from './config';
 import { ContainerMetadataStore } from './containers/metadata';
 import { fieldsLookup, MetadataDir } from './containers/metadata-dir';
+import { type DetectorHandle, startDetector } from './detect/detector';
+import { loadRules } from './detect/rules';
 import { Pipeline } from './pipeline/pipeline';
 import { preflight } from './sensor/preflight';
 import { countTotal, Sensor, type SensorStats } from './sensor/sensor';
@@ -27,12 +29,16 @@ export interface Agent {
   readonly metrics: Metrics | undefined;
   /** Runtime and pod facts of every container seen, learned off the hot path, also written to <dataDir>/containers/. */
   readonly containers: ContainerMetadataStore;
+  /** Drift and the rules: a pipeline subscriber publishing its findings back into the pipeline (undefined when detect.enabled is off). */
+  readonly detector: DetectorHandle | undefined;
   /** Stops the sensor, writes what it delivered, closes the buffer. Idempotent. */
   close(): Promise<void>;
 }
 
 export async function startAgent(config: AmberConfig, log: Logger): Promise<Agent> {
   checkApiOptions(config.api); // a listener that cannot be: refused before anything starts
+  // invalid rules fail the start, naming the file, rule and field, before anything starts
+  const rules = config.detect.enabled ? loadRules(config.detect.rules, { lists: config.detect.lists }) : undefined;
   const bufferLog: BufferLog = (level, msg, fields) => log[level]({ event: 'buffer', ...fields }, msg);
   const buffer = await EventBuffer.open({
     dataDir: config.dataDir,
@@ -48,6 +54,7 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
   pipeline.addSink((events) => buffer.append(events));
   let sensor: Sensor;
   let containers: ContainerMetadataStore | undefined;
+  let detector: DetectorHandle | undefined;
   try {
     // what the sensor needs, checked (and named) first; its cgroup v2 root is shared with the metadata store
     const { cgroupRoot } = preflight({ needCgroupSkb: config.sensor.types.includes('dns') });
@@ -58,6 +65,18 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
     });
     const store = containers;
     pipeline.containers = fieldsLookup((id) => store.get(id));
+    // subscribed before the sensor starts, so its process table sees every exec
+    detector = rules
+      ? startDetector({
+          pipeline,
+          metadata: containers,
+          rules,
+          writableMounts: config.detect.writableMounts,
+          maxAlertsPerRulePerSecond: config.detect.maxAlertsPerRulePerSecond,
+          hash: { maxBytes: config.detect.hashMaxBytes },
+          log: (obj, msg) => log.warn({ event: 'detector', ...obj }, msg),
+        })
+      : undefined;
     sensor = await Sensor.start(
       {
         cgroupRoot,
@@ -72,6 +91,7 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
       pipeline.publish,
     );
   } catch (err) {
+    detector?.close();
     containers?.close();
     await buffer.close();
     throw err;
@@ -85,12 +105,13 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
   } catch (err) {
     await metrics?.close();
     await sensor.stop();
+    detector?.close();
     pipeline.close();
     containers.close();
     await buffer.close();
     throw err;
   }
-  log.info({ event: 'started', node: config.nodeName, api: api.addresses, metrics: metrics?.address, dataDir: config.dataDir, types: config.sensor.types, programs: sensor.programs() }, 'amber agent recording');
+  log.info({ event: 'started', node: config.nodeName, api: api.addresses, metrics: metrics?.address, dataDir: config.dataDir, types: config.sensor.types, programs: sensor.programs(), rules: rules?.file }, 'amber agent recording');
 
   let lastDrops = 0;
   const logStats = (final = false) => {
@@ -103,6 +124,7 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
       drops: s.drops,
       stalls: s.stalls,
       subscribers: pipeline.stats().subscribers,
+      detector: detector?.stats(),
       buffer: { segments: b.segments, bytes: b.bytes, events: b.events, memoryEvents: b.memoryEvents, droppedEvents: b.droppedEvents, writeError: b.writeError },
     };
     if (drops > lastDrops) log.warn(fields, 'the ring buffer was full: events were dropped (counted per type)');
@@ -120,11 +142,14 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
     api,
     metrics,
     containers,
+    detector,
     close: () => {
       closing ??= (async () => {
         clearInterval(statsTimer);
         api.setServing(false);
         await sensor.stop();
+        await detector?.settled(); // the findings under way reach the buffer
+        detector?.close();
         pipeline.close(); // ends the Trace streams, with their trailers
         await api.close();
         await metrics?.close();

@@ -9,6 +9,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { DEFAULTS, RANGES, type Range } from './defaults';
 import { parseDurationMs } from './time';
+import { defaultRulesFile } from './detect/rules';
 import { SENSOR_EVENT_TYPES } from './sensor/events';
 
 const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1000, kib: 1024, m: 1024 ** 2, mb: 1e6, mib: 1024 ** 2, g: 1024 ** 3, gb: 1e9, gib: 1024 ** 3 };
@@ -52,6 +53,9 @@ function parseCount(text: string): number {
   if (!/^\s*\d+\s*$/.test(text)) throw new Error(`invalid number "${text}" (a whole number, e.g. 50)`);
   return Number(text);
 }
+
+/** true/false, also as the strings an environment variable holds. */
+const flag = z.union([z.boolean(), z.enum(['true', 'false'])]).transform((v) => v === true || v === 'true');
 
 /** Bytes: a number, or a string with a unit. */
 const size = (range: Range) => ranged(parseSize, range);
@@ -108,6 +112,24 @@ const apiSchema = z
   })
   .strict();
 
+/** The detector (src/detect): drift and the rules. */
+const detectSchema = z
+  .object({
+    /** Off: no drift or alert findings, no incidents from them. */
+    enabled: flag.default(true),
+    /** The rule file (YAML); default the shipped rules/default.yaml. */
+    rules: z.string().min(1).default(defaultRulesFile()),
+    /** Replace the rule file's named lists, e.g. blocklist_domains: [...] (config file only: no environment variable). */
+    lists: z.record(z.string(), z.array(z.union([z.string(), z.number()]))).default({}),
+    /** Also drift: executables on writable mounts other than the image (emptyDir, hostPath, tmpfs) written after the start. */
+    writableMounts: flag.default(false),
+    /** alert findings per rule per second at most; more are counted, not published (drift and incidents never are). */
+    maxAlertsPerRulePerSecond: count(RANGES.detect.maxAlertsPerRulePerSecond).default(DEFAULTS.detect.maxAlertsPerRulePerSecond),
+    /** Drifted files larger than this are not hashed. */
+    hashMaxBytes: size(RANGES.detect.hashMaxBytes).default(DEFAULTS.detect.hashMaxBytes),
+  })
+  .strict();
+
 const metricsSchema = z
   .object({
     /** host:port of the Prometheus endpoint (GET /metrics); "" (the default): off. */
@@ -127,6 +149,7 @@ export const configSchema = z
     buffer: bufferSchema.default(bufferSchema.parse({})),
     api: apiSchema.default(apiSchema.parse({})),
     metrics: metricsSchema.default(metricsSchema.parse({})),
+    detect: detectSchema.default(detectSchema.parse({})),
   })
   .strict();
 
@@ -159,6 +182,7 @@ export function optionPaths(): string[][] {
   const paths: string[][] = [];
   const walk = (value: unknown, prefix: string[]) => {
     if (value && typeof value === 'object' && !Array.isArray(value)) {
+      // a map of the user's own keys (detect.lists) has no leaves to name
       for (const [k, v] of Object.entries(value)) walk(v, [...prefix, k]);
     } else paths.push(prefix);
   };

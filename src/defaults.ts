@@ -54,6 +54,20 @@ export const DEFAULTS = {
     queryTimeoutMs: 5 * MINUTE,
     tlsRefreshMs: MINUTE,
   },
+  detect: {
+    /** The detector's pipeline queue (events). */
+    maxQueued: 262_144,
+    /** How long a finding waits for its container's metadata. */
+    metadataWaitMs: 3 * SECOND,
+    /** A process's mountinfo is re-read at most this often (writableMounts). */
+    mountCacheMs: 10 * SECOND,
+    /** `alert` findings per rule per second at most; more are counted, not published. */
+    maxAlertsPerRulePerSecond: 100,
+    /** Drifted files larger than this are not hashed ("larger than the hash cap"). */
+    hashMaxBytes: 256 * MiB,
+    /** Pinned files waiting to be hashed at most; more are not hashed ("hash queue full"). */
+    hashMaxPending: 256,
+  },
 } as const;
 
 export interface Range {
@@ -93,6 +107,10 @@ export const RANGES = {
     traceQueue: { min: 256, max: 16 * 1024 * 1024, text: '256 to 16777216', integer: true },
     queryTimeout: { min: SECOND, max: DAY, text: '1s to 24h' },
     tlsRefresh: { min: 100, max: DAY, text: '100ms to 24h' },
+  },
+  detect: {
+    maxAlertsPerRulePerSecond: { min: 1, max: 1_000_000, text: '1 to 1000000', integer: true },
+    hashMaxBytes: { min: 0, max: 64 * GiB, text: '0 to 64GiB', integer: true },
   },
   /** `amber trace --timeout`: one timer. */
   traceTimeout: { min: 1, max: 24 * DAY, text: '1ms to 24d' },

@@ -4,12 +4,31 @@
  * sensor's decoder does, so `JSON.stringify` of an event that crossed the API
  * is byte for byte what `amber trace --local -o json` prints.
  */
-import type { AmberEvent, DnsEvent, EventType, ExecEvent, OpenEvent, Proto, SockFields } from '../sensor/events';
+import type {
+  Action,
+  AlertEvent,
+  AmberEvent,
+  CommonFields,
+  DnsEvent,
+  DriftEvent,
+  EventType,
+  ExecEvent,
+  FileFacts,
+  FindingContainer,
+  OpenEvent,
+  ProcessInfo,
+  Proto,
+  SockFields,
+} from '../sensor/events';
 import type { ContainerFields } from '../containers/metadata-dir';
 import type { EventFilter, Scope as FilterScope } from '../filter';
 import {
+  type Alert,
   DnsDirection,
+  type Drift,
   type Event as EventMessage,
+  type FileFacts as FileFactsMessage,
+  type FindingContainer as ContainerMessage,
   type EventFilter as FilterMessage,
   Scope,
   type Sock,
@@ -97,6 +116,15 @@ export function toProto(ev: AmberEvent, fields?: ContainerFields): EventMessage 
           answersTruncated: ev.answersTruncated,
           latencyNs: ev.latencyNs,
         },
+      };
+      break;
+    case 'drift':
+      msg.detail = { $case: 'drift', drift: driftToProto(ev) };
+      break;
+    case 'alert':
+      msg.detail = {
+        $case: 'alert',
+        alert: { action: ev.action, rules: ev.rules, event: toProto(ev.event), ancestry: ev.ancestry, containerMetadata: containerToProto(ev.containerMetadata) },
       };
       break;
     default:
@@ -197,9 +225,104 @@ function eventOf(msg: EventMessage): AmberEvent {
       if (q.latencyNs !== undefined) ev.latencyNs = q.latencyNs;
       return ev;
     }
+    case 'drift':
+      return driftFromProto(d.drift, { type: 'drift', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns });
+    case 'alert': {
+      const a = d.alert;
+      if (!a.event) throw new TypeError('alert without its event');
+      return {
+        type: 'alert', ts, pid, tid, ppid, uid, gid, comm, cgroupId, containerId, mntns, netns,
+        action: oneOf(a.action, ACTIONS, 'alert action'),
+        rules: a.rules,
+        event: eventOf(a.event),
+        ancestry: a.ancestry.map(processFromProto),
+        containerMetadata: containerFromProto(a.containerMetadata),
+      } as AlertEvent;
+    }
     default:
       throw new TypeError('event with an unknown detail');
   }
+}
+
+// ---- findings ----
+
+const ACTIONS: readonly Action[] = ['record', 'alert', 'incident'];
+const DRIFT_REASONS: readonly DriftEvent['reason'][] = ['upper-layer', 'fileless', 'writable-mount'];
+const DRIFT_SUBJECTS: readonly DriftEvent['subject'][] = ['executable', 'script'];
+const DRIFT_CHANGES: readonly DriftEvent['change'][] = ['created', 'modified', 'fileless', 'unknown'];
+const HASHED_FROM: readonly DriftEvent['hashedFrom'][] = ['exe', 'upperdir', 'script', ''];
+
+function oneOf<T extends string>(value: string, allowed: readonly T[], what: string): T {
+  if (!(allowed as readonly string[]).includes(value)) throw new TypeError(`unknown ${what} "${value}"`);
+  return value as T;
+}
+
+function driftToProto(ev: DriftEvent): Drift {
+  return {
+    action: ev.action,
+    rules: ev.rules,
+    reason: ev.reason,
+    subject: ev.subject,
+    path: ev.path,
+    change: ev.change,
+    file: ev.file ?? undefined,
+    mtimeSinceStartNs: ev.mtimeSinceStartNs ?? undefined,
+    ctimeSinceStartNs: ev.ctimeSinceStartNs ?? undefined,
+    imageFile: ev.imageFile ?? undefined,
+    sha256: ev.sha256,
+    hashedBytes: ev.hashedBytes,
+    hashError: ev.hashError,
+    hashedFrom: ev.hashedFrom,
+    exec: ev.exec,
+    ancestry: ev.ancestry,
+    containerMetadata: containerToProto(ev.containerMetadata),
+  };
+}
+
+/** Keys in the order the detector writes them, so JSON of a finding that crossed the API is the same bytes. */
+function driftFromProto(m: Drift, common: CommonFields & { type: 'drift' }): DriftEvent {
+  if (!m.exec) throw new TypeError('drift without its exec');
+  const exec: DriftEvent['exec'] = { filename: m.exec.filename, exePath: m.exec.exePath, args: m.exec.args, script: m.exec.script as string };
+  if (m.exec.script === undefined) delete (exec as Partial<DriftEvent['exec']>).script;
+  return {
+    ...common,
+    action: oneOf(m.action, ACTIONS, 'drift action'),
+    rules: m.rules,
+    reason: oneOf(m.reason, DRIFT_REASONS, 'drift reason'),
+    subject: oneOf(m.subject, DRIFT_SUBJECTS, 'drift subject'),
+    path: m.path,
+    change: oneOf(m.change, DRIFT_CHANGES, 'drift change'),
+    file: fileFromProto(m.file),
+    mtimeSinceStartNs: m.mtimeSinceStartNs ?? null,
+    ctimeSinceStartNs: m.ctimeSinceStartNs ?? null,
+    imageFile: fileFromProto(m.imageFile),
+    sha256: m.sha256,
+    hashedBytes: m.hashedBytes,
+    hashError: m.hashError,
+    hashedFrom: oneOf(m.hashedFrom, HASHED_FROM, 'drift hashedFrom'),
+    exec,
+    ancestry: m.ancestry.map(processFromProto),
+    containerMetadata: containerFromProto(m.containerMetadata),
+  };
+}
+
+function fileFromProto(f: FileFactsMessage | undefined): FileFacts | null {
+  return f ? { size: f.size, mode: f.mode, mtime: f.mtime, ctime: f.ctime } : null;
+}
+
+function processFromProto(p: ProcessInfo): ProcessInfo {
+  return { pid: p.pid, ppid: p.ppid, comm: p.comm, exePath: p.exePath, args: p.args };
+}
+
+function containerToProto(c: FindingContainer | null): ContainerMessage | undefined {
+  if (!c) return undefined;
+  return { runtime: c.runtime, name: c.name, image: c.image, imageId: c.imageId, startedAt: c.startedAt, pod: c.pod ?? undefined };
+}
+
+function containerFromProto(c: ContainerMessage | undefined): FindingContainer | null {
+  if (!c) return null;
+  const pod = c.pod ? { name: c.pod.name, namespace: c.pod.namespace, uid: c.pod.uid, labels: { ...c.pod.labels } } : null;
+  return { runtime: c.runtime, name: c.name, image: c.image, imageId: c.imageId, startedAt: c.startedAt, pod };
 }
 
 function sockToProto(ev: SockFields, ret: number): Sock {

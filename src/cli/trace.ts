@@ -10,7 +10,9 @@ import { fieldsLookup, withMetadata } from '../containers/metadata-dir';
 import { DEFAULTS, RANGES } from '../defaults';
 import { compileFilter, type EventFilter } from '../filter';
 import { Pipeline } from '../pipeline/pipeline';
-import { EVENT_TYPES } from '../sensor/events';
+import { startDetector } from '../detect/detector';
+import { defaultRulesFile, loadRules } from '../detect/rules';
+import { EVENT_TYPES, FINDING_TYPES, SENSOR_EVENT_TYPES, type SensorEventType } from '../sensor/events';
 import { preflight } from '../sensor/preflight';
 import { countTotal, Sensor, type SensorStats } from '../sensor/sensor';
 import { nowNs } from '../time';
@@ -31,6 +33,8 @@ ${FILTER_USAGE}
   --timeout DURATION          stop after this long (e.g. 10s; ${RANGES.traceTimeout.text})
   --dns-timeout DURATION      a DNS query unanswered this long is reported as TIMEOUT
                               (default ${DEFAULTS.sensor.dnsTimeoutMs / 1000}s; ${RANGES.sensor.dnsTimeout.text})
+  --rules FILE                drift and alert findings (--local): the rule file (default the
+                              shipped rules/default.yaml); the sensor then records every type
 It stops on --timeout, Ctrl-C, SIGTERM or when the reader of its output goes away
 (e.g. | head); then it prints its counters to stderr: events received, events written
 (those the filter kept) and events the kernel's ring dropped, per type.`;
@@ -43,6 +47,7 @@ export const TRACE_OPTIONS = {
   ...FILTER_OPTIONS,
   timeout: { type: 'string' },
   'dns-timeout': { type: 'string' },
+  rules: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -68,9 +73,15 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
   const timeoutMs = values.timeout !== undefined ? durationOption('--timeout', values.timeout, RANGES.traceTimeout) : undefined;
   if (!values.local) {
     if (values['dns-timeout'] !== undefined) throw new UsageError("--dns-timeout is the agent's setting (sensor.dnsTimeout); it applies to --local only");
+    if (values.rules !== undefined) throw new UsageError("--rules is the agent's setting (detect.rules); it applies to --local only");
     return remoteTrace({ ...serversFromOptions(values), filter, format, columns, timeoutMs }, out, err);
   }
   if (values.server) throw new UsageError('--local and --server exclude each other');
+  // findings need the detector, and the detector its process table and rules: the sensor records every type
+  const findings = types.some((t) => (FINDING_TYPES as readonly string[]).includes(t));
+  if (values.rules !== undefined && !findings) throw new UsageError('--rules applies to drift and alert findings');
+  const rules = findings ? loadRules(values.rules ?? defaultRulesFile()) : undefined;
+  const sensorTypes = findings ? [...SENSOR_EVENT_TYPES] : (types as SensorEventType[]);
   const dnsTimeoutMs =
     values['dns-timeout'] !== undefined ? durationOption('--dns-timeout', values['dns-timeout'], RANGES.sensor.dnsTimeout) : undefined;
 
@@ -83,7 +94,7 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
   // losing events in a subscriber queue. Measured under the open storm, a queued subscriber lost
   // about half of the storm's events while a sink lost none.
   // this process learns the containers as the agent does (no files: nothing is written locally)
-  const { cgroupRoot } = preflight({ needCgroupSkb: types.includes('dns') });
+  const { cgroupRoot } = preflight({ needCgroupSkb: sensorTypes.includes('dns') });
   const containers = new ContainerMetadataStore({ cgroupRoot, log: (obj, msg) => note(err, `amber: ${msg} ${JSON.stringify(obj)}\n`) });
   const known = (id: string) => containers.get(id);
   const matches = compileFilter(filter, fieldsLookup(known));
@@ -101,10 +112,12 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
     output.write(text);
     void output.flush(); // one write per batch; stdout to a file, pipe or terminal writes synchronously on Linux
   });
+  const detector = rules ? startDetector({ pipeline, metadata: containers, rules, log: (obj, msg) => note(err, `amber: ${msg} ${JSON.stringify(obj)}\n`) }) : undefined;
   let sensor: Sensor;
   try {
-    sensor = await Sensor.start({ types, ignoreSelf: true, dnsTimeoutMs, cgroupRoot, containers }, pipeline.publish);
+    sensor = await Sensor.start({ types: sensorTypes, ignoreSelf: true, dnsTimeoutMs, cgroupRoot, containers }, pipeline.publish);
   } catch (e) {
+    detector?.close();
     containers.close();
     throw e;
   }
@@ -125,6 +138,8 @@ export async function traceCommand(argv: string[], out: NodeJS.WritableStream, e
     output.onClosed(done);
   });
   const stats = await sensor.stop();
+  await detector?.settled();
+  detector?.close();
   await output.flush();
   pipeline.close();
   containers.close();

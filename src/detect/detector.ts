@@ -12,6 +12,7 @@
  */
 import { closeSync, readFileSync, readlinkSync } from 'node:fs';
 import type { ContainerMetadata, OverlayRoot } from '../containers/metadata';
+import { DEFAULTS } from '../defaults';
 import { parseMountinfoLine, parseOverlayRoot, type MountinfoEntry } from '../containers/metadata-mountinfo';
 import type { Pipeline, Subscription } from '../pipeline/pipeline';
 import type {
@@ -89,11 +90,10 @@ export interface DetectorHandle {
   close(): void;
 }
 
-export const DEFAULT_DETECTOR = { maxQueued: 262_144, metadataWaitMs: 3000, mountCacheMs: 10_000, maxAlertsPerRulePerSecond: 100 } as const;
 
 export function startDetector(options: DetectorOptions): DetectorHandle {
   const d = new Detector(options);
-  const sub = options.pipeline.subscribe('detector', d.process, { maxQueued: options.maxQueued ?? DEFAULT_DETECTOR.maxQueued });
+  const sub = options.pipeline.subscribe('detector', d.process, { maxQueued: options.maxQueued ?? DEFAULTS.detect.maxQueued });
   d.subscription = sub;
   return d;
 }
@@ -121,7 +121,7 @@ class Detector implements DetectorHandle {
     this.table = new ProcessTable(options.maxProcesses ?? DEFAULT_MAX_PROCESSES, this.procRoot);
     this.hashes = new HashQueue({ ...DEFAULT_HASH, ...options.hash });
     this.log = options.log ?? (() => {});
-    this.maxAlerts = options.maxAlertsPerRulePerSecond ?? DEFAULT_DETECTOR.maxAlertsPerRulePerSecond;
+    this.maxAlerts = options.maxAlertsPerRulePerSecond ?? DEFAULTS.detect.maxAlertsPerRulePerSecond;
     const metadata = options.metadata;
     this.ctx = { processes: this.table, container: (id) => metadata?.get(id) };
     // per type, whether any rule looks at it (findings excluded: they are judged where they are made)
@@ -254,7 +254,7 @@ class Detector implements DetectorHandle {
   private mountOf(pid: number, mntns: number, path: string): MountinfoEntry | null {
     let cached = this.mounts.get(mntns);
     const now = Date.now();
-    if (cached === undefined || now - cached.at > DEFAULT_DETECTOR.mountCacheMs) {
+    if (cached === undefined || now - cached.at > DEFAULTS.detect.mountCacheMs) {
       let entries: MountinfoEntry[] = [];
       try {
         entries = readFileSync(`${this.procRoot}/${pid}/mountinfo`, 'utf8')
@@ -339,7 +339,7 @@ class Detector implements DetectorHandle {
         hashedFrom: hash.hashError === '' ? found.from : '',
         exec: { filename: ev.filename, exePath: ev.exePath, args: ev.args, script: ev.script },
         ancestry,
-        container: containerOf(md),
+        containerMetadata: containerOf(md),
       } as DriftEvent;
       const decision = this.options.rules.evaluate(drift, this.ctx);
       if (decision !== null) {
@@ -358,7 +358,7 @@ class Detector implements DetectorHandle {
     if (!metadata) return undefined;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<undefined>((resolve) => {
-      timer = setTimeout(() => resolve(undefined), this.options.metadataWaitMs ?? DEFAULT_DETECTOR.metadataWaitMs);
+      timer = setTimeout(() => resolve(undefined), this.options.metadataWaitMs ?? DEFAULTS.detect.metadataWaitMs);
     });
     try {
       return await Promise.race([metadata.lookup(id), timeout]);
@@ -381,7 +381,7 @@ class Detector implements DetectorHandle {
       rules,
       event: ev,
       ancestry: this.table.ancestry(ev.pid, ev.containerId, md?.initPid ?? 0, ev.mntns),
-      container: containerOf(md),
+      containerMetadata: containerOf(md),
     } as AlertEvent;
     this.counts.alerts++;
     this.publish(alert);

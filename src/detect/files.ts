@@ -9,6 +9,7 @@
 import { createHash } from 'node:crypto';
 import { closeSync, constants, type BigIntStats, existsSync, fstatSync, lstatSync, openSync, read } from 'node:fs';
 import type { FileFacts } from '../sensor/events';
+import { DEFAULTS } from '../defaults';
 
 const OPEN_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
 const CHUNK = 1 << 20;
@@ -107,7 +108,7 @@ export interface HashQueueOptions {
   maxPending: number;
 }
 
-export const DEFAULT_HASH = { maxBytes: 256 << 20, maxPending: 256 } as const;
+export const DEFAULT_HASH: HashQueueOptions = { maxBytes: DEFAULTS.detect.hashMaxBytes, maxPending: DEFAULTS.detect.hashMaxPending };
 
 /** Hashes pinned files one at a time, off the event path; owns (closes) every fd handed to it. */
 export class HashQueue {

@@ -237,7 +237,7 @@ export interface DriftEvent extends CommonFields {
   exec: { filename: string; exePath: string; args: string[]; script: string };
   /** The process, then its parent, ... up to the container's init. */
   ancestry: ProcessInfo[];
-  container: FindingContainer | null;
+  containerMetadata: FindingContainer | null;
 }
 
 /** An event matched a rule whose action is alert or incident. Common fields are the event's. */
@@ -249,7 +249,7 @@ export interface AlertEvent extends CommonFields {
   /** The matching event, whole. */
   event: AmberEvent;
   ancestry: ProcessInfo[];
-  container: FindingContainer | null;
+  containerMetadata: FindingContainer | null;
 }
 
 export type AmberEvent =

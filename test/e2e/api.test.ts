@@ -126,7 +126,11 @@ describe('the agent API over its unix socket', () => {
       expect(s.sensor.programs).toContain('amber_exec');
       expect(s.types.map((t: { type: string }) => t.type)).toEqual(['exec', 'exit', 'fork', 'open', 'connect', 'accept', 'dns']);
       expect(s.types.find((t: { type: string }) => t.type === 'exec').events).toBeGreaterThan(0);
-      expect(s.subscribers).toEqual([expect.objectContaining({ name: expect.stringMatching(/^api:trace#\d+$/), dropped: 0 })]);
+      // the detector subscribes at start; the stream after it
+      expect(s.subscribers).toEqual([
+        expect.objectContaining({ name: 'detector', dropped: 0 }),
+        expect.objectContaining({ name: expect.stringMatching(/^api:trace#\d+$/), dropped: 0 }),
+      ]);
       const text = await amber('status', '--server', agent!.server);
       expect(text.stdout).toMatch(/^node +node-main$/m);
       expect(text.stdout).toMatch(/^exec +\d+ +0$/m);

@@ -138,7 +138,7 @@ describe('drift findings (real sensor, podman)', () => {
       hashedBytes: BUSYBOX.length,
       hashError: '',
       exec: { filename: '/tmp/x', exePath: '/tmp/x', args: ['/tmp/x', 'echo', 'dropped'], script: '' },
-      container: { runtime: 'podman', name, image: DRIFT_IMAGE, imageId: md.imageId, startedAt: md.startedAt, pod: null },
+      containerMetadata: { runtime: 'podman', name, image: DRIFT_IMAGE, imageId: md.imageId, startedAt: md.startedAt, pod: null },
     });
     if (process.env.AMBER_SHOW_FINDING) console.log(JSON.stringify(d, null, 2));
     // x ("applet not found") exits within a millisecond: usually before the sensor's batch reaches the detector
@@ -226,7 +226,7 @@ describe('drift findings (real sensor, podman)', () => {
       hashedFrom: 'exe',
       exec: { exePath: '/scratch/sleep', args: ['/scratch/sleep', '2'] },
       action: 'incident',
-      container: { name: tmpName },
+      containerMetadata: { name: tmpName },
     });
     expect(d.mtimeSinceStartNs!).toBeGreaterThan(0);
     // the image's own binaries in the same container are not drift

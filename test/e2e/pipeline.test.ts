@@ -78,7 +78,8 @@ describe('the pipeline in the agent under an open storm', () => {
       expect(thrownAt).toBeGreaterThan(0);
       const stats = pipeline.stats();
       expect(stats.failed).toBe(1);
-      expect(stats.subscribers.map((x) => x.name)).toEqual(['never-reads']);
+      expect(stats.subscribers.map((x) => x.name)).toEqual(['detector', 'never-reads']);
+      expect(stats.subscribers[0].dropped).toBe(0); // the agent's detector kept up with the storm
       expect(logLines.filter((l) => l.event === 'subscriber-failed')).toEqual([
         expect.objectContaining({ subscriber: 'throws', error: 'subscriber bug', msg: 'a pipeline subscriber threw and was removed' }),
       ]);

@@ -9,7 +9,8 @@ import { describe, expect, it } from 'vitest';
 import { filterFromProto, filterToProto, fromProto, toProto } from '../../src/api/event-codec';
 import { Event, EventFilter as FilterMessage, TraceResponse } from '../../src/api/gen/amber';
 import type { EventFilter } from '../../src/filter';
-import { type AmberEvent, SENSOR_EVENT_TYPES } from '../../src/sensor/events';
+import { type AmberEvent, type DriftEvent, SENSOR_EVENT_TYPES } from '../../src/sensor/events';
+import { ALERT, DRIFT } from '../helpers/findings';
 
 /** Events as the decoder builds them (its key order), one or more of every type. */
 const GOLDEN = JSON.parse(
@@ -57,7 +58,7 @@ function withStrings(ev: AmberEvent, s: string): AmberEvent {
 }
 
 describe('event ⇄ proto', () => {
-  it('the golden events cover every type the sensor records (findings: not in the API yet)', () => {
+  it('the golden events cover every type the sensor records', () => {
     expect(new Set(GOLDEN.map((e) => e.type))).toEqual(new Set(SENSOR_EVENT_TYPES));
   });
 
@@ -98,6 +99,39 @@ describe('event ⇄ proto', () => {
     const msg = TraceResponse.decode(TraceResponse.encode({ events: GOLDEN.map((e) => toProto(e)), dropped: 0 }).finish());
     expect(msg.events.map(fromProto)).toEqual(GOLDEN);
     expect(TraceResponse.decode(TraceResponse.encode({ events: [], dropped: 7 }).finish())).toEqual({ events: [], dropped: 7 });
+  });
+
+  it('drift and alert findings print the same JSON after the round trip, with and without their optional parts', () => {
+    const podded: DriftEvent = {
+      ...DRIFT,
+      file: null,
+      mtimeSinceStartNs: null,
+      ctimeSinceStartNs: null,
+      imageFile: { size: 1, mode: 0o100644, mtime: 1.5e18, ctime: 1.6e18 },
+      hashError: 'exited before hashing',
+      sha256: '',
+      hashedFrom: '',
+      exec: { filename: '/x', exePath: '/x', args: [] } as unknown as DriftEvent['exec'],
+      containerMetadata: { ...DRIFT.containerMetadata!, pod: { name: 'web-1', namespace: 'shop', uid: 'u-1', labels: { app: 'web', 'a/b': '' } } },
+    };
+    const alertInDrift = { ...ALERT, containerMetadata: podded.containerMetadata, ancestry: DRIFT.ancestry };
+    for (const ev of [DRIFT, ALERT, podded, alertInDrift]) expect(JSON.stringify(roundTrip(ev))).toBe(JSON.stringify(ev));
+    for (const s of HOSTILE) {
+      const ev: DriftEvent = { ...DRIFT, path: s, rules: [s], exec: { ...DRIFT.exec, args: [s], script: s }, ancestry: [{ ...DRIFT.ancestry[0], comm: s }] };
+      expect(JSON.stringify(roundTrip(ev))).toBe(JSON.stringify(ev));
+    }
+  });
+
+  it('a finding with an unknown reason, action or missing part is refused', () => {
+    const drift = toProto(DRIFT);
+    if (drift.detail?.$case !== 'drift') throw new Error('expected drift');
+    const d = drift.detail.drift;
+    expect(() => fromProto({ ...drift, detail: { $case: 'drift', drift: { ...d, reason: 'bogus' } } })).toThrow(/unknown drift reason "bogus"/);
+    expect(() => fromProto({ ...drift, detail: { $case: 'drift', drift: { ...d, action: 'panic' } } })).toThrow(/unknown drift action "panic"/);
+    expect(() => fromProto({ ...drift, detail: { $case: 'drift', drift: { ...d, exec: undefined } } })).toThrow(/drift without its exec/);
+    const alert = toProto(ALERT);
+    if (alert.detail?.$case !== 'alert') throw new Error('expected alert');
+    expect(() => fromProto({ ...alert, detail: { $case: 'alert', alert: { ...alert.detail.alert, event: undefined } } })).toThrow(/alert without its event/);
   });
 
   it('a message without a type or with unknown enum values is refused, not guessed', () => {

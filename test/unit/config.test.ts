@@ -37,7 +37,22 @@ describe('config', () => {
         queryTimeout: 300_000,
       },
       metrics: { listen: '' },
+      detect: {
+        enabled: true,
+        rules: path.resolve(__dirname, '../../rules/default.yaml'),
+        lists: {},
+        writableMounts: false,
+        maxAlertsPerRulePerSecond: 100,
+        hashMaxBytes: 256 << 20,
+      },
     });
+  });
+
+  it('reads detect flags from the environment as true/false and refuses anything else', () => {
+    expect(loadConfig({ env: { AMBER_DETECT_ENABLED: 'false', AMBER_DETECT_WRITABLE_MOUNTS: 'true' } }).detect).toMatchObject({ enabled: false, writableMounts: true });
+    expect(() => loadConfig({ env: { AMBER_DETECT_ENABLED: 'no' } })).toThrow(/^environment AMBER_DETECT_ENABLED: detect\.enabled: /);
+    const f = file('lists.yaml', 'detect:\n  lists:\n    blocklist_domains: ["*.evil.example"]\n    blocklist_ports: [4444]\n');
+    expect(loadConfig({ file: f }).detect.lists).toEqual({ blocklist_domains: ['*.evil.example'], blocklist_ports: [4444] });
   });
 
   it('reads YAML with units, then the environment, then flags', () => {
@@ -146,6 +161,11 @@ describe('config', () => {
       'AMBER_API_TRACE_QUEUE',
       'AMBER_API_QUERY_TIMEOUT',
       'AMBER_METRICS_LISTEN',
+      'AMBER_DETECT_ENABLED',
+      'AMBER_DETECT_RULES',
+      'AMBER_DETECT_WRITABLE_MOUNTS',
+      'AMBER_DETECT_MAX_ALERTS_PER_RULE_PER_SECOND',
+      'AMBER_DETECT_HASH_MAX_BYTES',
     ]);
   });
 

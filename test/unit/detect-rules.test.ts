@@ -30,7 +30,7 @@ function driftEvent(over: Partial<DriftEvent> = {}): DriftEvent {
     containerId: exec.containerId, mntns: exec.mntns, netns: exec.netns, action: 'record', rules: [], reason: 'upper-layer',
     subject: 'executable', path: '/tmp/x', change: 'created', file: null, mtimeSinceStartNs: null, ctimeSinceStartNs: null,
     imageFile: null, sha256: '', hashedBytes: 0, hashError: '', hashedFrom: '', exec: { filename: '/tmp/x', exePath: '/tmp/x', args: ['x'], script: '' },
-    ancestry: [], container: null, ...over,
+    ancestry: [], containerMetadata: null, ...over,
   };
 }
 

@@ -49,7 +49,7 @@ describe('detector', () => {
           { pid: 11, ppid: 10, comm: 'sh', exePath: '/bin/busybox', args: ['sh', '-c', 'id'] },
           { pid: 10, ppid: 5, comm: 'nginx', exePath: '/usr/sbin/nginx', args: ['nginx'] }, // the container's init: the end
         ],
-        container: { runtime: 'podman', name: 'web-1', image: 'localhost/shop:2', imageId: 'sha256:abc', startedAt: md.startedAt, pod: md.pod },
+        containerMetadata: { runtime: 'podman', name: 'web-1', image: 'localhost/shop:2', imageId: 'sha256:abc', startedAt: md.startedAt, pod: md.pod },
       },
     ]);
     expect(d.stats()).toMatchObject({ alerts: 1, drift: 0, alertsThrottled: 0 });
