@@ -417,6 +417,8 @@ class Dump {
       r.path = line.substr(at);
       regions_.push_back(std::move(r));
     }
+    // A process that exited meanwhile (SIGKILL reaches even a stopped one) has no mappings left.
+    if (regions_.empty()) return Fail("process " + std::to_string(pid_) + " exited before its memory could be read", ESRCH);
     if (!ReadAll(procFd_, "auxv", auxv_, 1 << 20)) return FailErrno("cannot read /proc/" + std::to_string(pid_) + "/auxv");
 
     std::string stat, status, cmdline;
