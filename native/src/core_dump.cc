@@ -164,6 +164,100 @@ void AppendNote(std::string& out, const char* name, uint32_t type, const void* d
   out.append((4 - size % 4) % 4, '\0');
 }
 
+// Writes data at `at`, leaving all-zero pages as holes (the file was created
+// empty); 0 or the errno of the failed write.
+int WriteSparse(int fd, const char* data, size_t size, uint64_t at, uint64_t pageSize) {
+  size_t runStart = 0;
+  bool inRun = false;
+  for (size_t p = 0; p < size; p += pageSize) {
+    bool zero = IsZero(data + p, std::min<size_t>(pageSize, size - p));
+    if (!zero && !inRun) {
+      runStart = p;
+      inRun = true;
+    } else if (zero && inRun) {
+      if (!PwriteAll(fd, data + runStart, p - runStart, at + runStart)) return errno;
+      inRun = false;
+    }
+  }
+  if (inRun && !PwriteAll(fd, data + runStart, size - runStart, at + runStart)) return errno;
+  return 0;
+}
+
+// Two buffers: a second thread writes one chunk to the core while the next is
+// read from the process (reading and writing each take about as long).
+class ChunkWriter {
+ public:
+  ChunkWriter(int fd, size_t chunkBytes, uint64_t pageSize) : fd_(fd), pageSize_(pageSize) {
+    for (Slot& s : slots_) s.buf.reset(new char[chunkBytes]);
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~ChunkWriter() { Finish(); }
+
+  // The buffer to read the next chunk into; waits while both are being written.
+  char* Acquire() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait(lock, [this] { return !slots_[next_].full; });
+    return slots_[next_].buf.get();
+  }
+
+  // Queues the buffer Acquire gave for writing at `at`; false once a write has failed.
+  bool Submit(size_t size, uint64_t at) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Slot& s = slots_[next_];
+    s.size = size;
+    s.at = at;
+    s.full = true;
+    next_ ^= 1;
+    cv_.notify_all();
+    return err_ == 0;
+  }
+
+  // Waits for every queued write; the first failed write's errno, or 0.
+  int Finish() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+      cv_.notify_all();
+    }
+    if (thread_.joinable()) thread_.join();
+    return err_;
+  }
+
+ private:
+  struct Slot {
+    std::unique_ptr<char[]> buf;
+    size_t size = 0;
+    uint64_t at = 0;
+    bool full = false;
+  };
+
+  void Loop() {
+    for (size_t i = 0;; i ^= 1) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      cv_.wait(lock, [&] { return slots_[i].full || stop_; });
+      if (!slots_[i].full) return;  // stopped, and everything queued is written
+      Slot& s = slots_[i];
+      bool failed = err_ != 0;
+      lock.unlock();
+      int err = failed ? 0 : WriteSparse(fd_, s.buf.get(), s.size, s.at, pageSize_);
+      lock.lock();
+      if (err != 0 && err_ == 0) err_ = err;
+      s.full = false;
+      cv_.notify_all();
+    }
+  }
+
+  int fd_;
+  uint64_t pageSize_;
+  Slot slots_[2];
+  size_t next_ = 0;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  int err_ = 0;
+  std::thread thread_;
+};
+
 class Dump {
  public:
   Dump(pid_t pid, int fd, Options options) : pid_(pid), fd_(fd), options_(options) {}
@@ -527,25 +621,6 @@ class Dump {
     return pread(memFd_, buf, want, static_cast<off_t>(at));
   }
 
-  // Writes data at `at`, leaving all-zero pages as holes (the file was created empty).
-  bool WriteSparse(const char* data, size_t size, uint64_t at, uint64_t pageSize) {
-    size_t runStart = 0;
-    bool inRun = false;
-    for (size_t p = 0; p < size; p += pageSize) {
-      size_t n = std::min<size_t>(pageSize, size - p);
-      bool zero = IsZero(data + p, n);
-      if (!zero && !inRun) {
-        runStart = p;
-        inRun = true;
-      } else if (zero && inRun) {
-        if (!PwriteAll(fd_, data + runStart, p - runStart, at + runStart)) return FailErrno("cannot write the core");
-        inRun = false;
-      }
-    }
-    if (inRun && !PwriteAll(fd_, data + runStart, size - runStart, at + runStart)) return FailErrno("cannot write the core");
-    return true;
-  }
-
   bool Write() {
     const uint64_t pageSize = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
     std::string notes = Notes(pageSize);
@@ -571,14 +646,16 @@ class Dump {
       }
     }
 
-    std::unique_ptr<char[]> buffer(new char[options_.chunkBytes]);
+    ChunkWriter writer(fd_, options_.chunkBytes, pageSize);
     uint64_t fileSize = notesOffset + notes.size();
+    bool writing = true;
     for (Region& r : regions_) {
-      if (!r.planned) continue;
+      if (!r.planned || !writing) continue;
       uint64_t at = r.start;
       while (at < r.end) {
         size_t want = static_cast<size_t>(std::min<uint64_t>(options_.chunkBytes, r.end - at));
-        ssize_t n = ReadMemory(buffer.get(), want, at);
+        char* buffer = writer.Acquire();
+        ssize_t n = ReadMemory(buffer, want, at);
         if (n < 0) {
           if (errno == EINTR) continue;
           r.skipped = std::string(at == r.start ? "unreadable: " : "unreadable after " + std::to_string(at - r.start) + " bytes: ") +
@@ -589,12 +666,17 @@ class Dump {
           r.skipped = "the process's memory went away (it exited)";
           break;
         }
-        if (!WriteSparse(buffer.get(), static_cast<size_t>(n), r.fileOffset + (at - r.start), pageSize)) return false;
+        writing = writer.Submit(static_cast<size_t>(n), r.fileOffset + (at - r.start));
         at += static_cast<uint64_t>(n);
+        if (!writing) break;
       }
       r.dumped = at - r.start;
       dumpedBytes_ += r.dumped;
       if (r.dumped > 0) fileSize = std::max(fileSize, r.fileOffset + r.dumped);
+    }
+    if (int err = writer.Finish()) {
+      errno = err;
+      return FailErrno("cannot write the core");
     }
     // The end may be a hole: give the file its full length.
     if (ftruncate(fd_, static_cast<off_t>(fileSize)) != 0) return FailErrno("cannot size the core");
