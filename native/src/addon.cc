@@ -5,6 +5,7 @@
 
 #include <cstddef>
 
+#include "core_dump.h"
 #include "events.h"
 #include "lock.h"
 #include "sensor.h"
@@ -129,6 +130,7 @@ class Addon : public Napi::Addon<Addon> {
     DefineAddon(exports, {
                              InstanceValue("Sensor", Sensor::Define(env)),
                              InstanceValue("files", DefineFiles(env)),
+                             InstanceValue("core", DefineCore(env)),
                              InstanceMethod<&Addon::CallLayout>("layout"),
                              InstanceMethod<&Addon::CallWireConstants>("wireConstants"),
                              InstanceMethod<&Addon::CallBootToEpochNs>("bootToEpochNs"),

@@ -43,6 +43,69 @@ export interface NativeBinding {
   bootToEpochNs(): number;
   /** The buffer's data-dir primitives (native/src/lock.cc). */
   files: NativeFiles;
+  /** ELF core dumps of a process (native/src/core_dump.cc); used through src/incident/memory.ts. */
+  core: NativeCore;
+}
+
+export interface NativeCoreOptions {
+  /** Bound on the mappings' bytes copied; a mapping that does not fit whole is skipped. */
+  maxBytes: number;
+  /** How long every thread gets to reach its ptrace stop (default 5000). */
+  stopTimeoutMs?: number;
+  /** How long onStopped gets to call resume (default 60000). */
+  gateTimeoutMs?: number;
+  /** pread size on /proc/<pid>/mem (default 8 MiB). */
+  chunkBytes?: number;
+}
+
+export interface NativeCoreThread {
+  tid: number;
+  /** Program counter and stack pointer, "0x…". */
+  pc: string;
+  sp: string;
+}
+
+export interface NativeCoreRegion {
+  /** "0x…": addresses can exceed 2^53 ([vsyscall]). */
+  start: string;
+  end: string;
+  perms: string;
+  /** Offset in the mapped file. */
+  offset: number;
+  dev: string;
+  inode: number;
+  path: string;
+  /** Bytes in the core: the whole region, a prefix of it, or 0. */
+  dumped: number;
+  /** Why the rest (or all) of it is not in the core. */
+  skipped?: string;
+}
+
+export interface NativeCoreResult {
+  /** The core file's length. */
+  bytes: number;
+  dumpedBytes: number;
+  comm: string;
+  /** The signal a thread was stopped with (handed back on detach), 0 for none. */
+  threads: (NativeCoreThread & { signal: number })[];
+  regions: NativeCoreRegion[];
+  stopMs: number;
+  gateMs: number;
+  copyMs: number;
+}
+
+export interface NativeCore {
+  /**
+   * Stops every thread of pid, calls onStopped(threads, resume) and waits for
+   * resume() (resume(reason) aborts), then writes the core to fd (an empty
+   * file) and detaches. Rejects with an Error carrying code and errno.
+   */
+  dump(
+    pid: number,
+    fd: number,
+    options: NativeCoreOptions,
+    onStopped?: (threads: NativeCoreThread[], resume: (error?: string) => void) => void,
+  ): Promise<NativeCoreResult>;
 }
 
 export interface NativeFiles {
