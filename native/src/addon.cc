@@ -1,4 +1,4 @@
-// Module entry: the Sensor class, the record layout (for the decoder's
+// Module entry: the Sensor class, the network cut, the record layout (for the decoder's
 // offset check) and the boot-to-epoch clock offset.
 #include <napi.h>
 #include <time.h>
@@ -7,6 +7,7 @@
 
 #include "events.h"
 #include "lock.h"
+#include "netcut.h"
 #include "sensor.h"
 
 namespace amber {
@@ -129,6 +130,7 @@ class Addon : public Napi::Addon<Addon> {
     DefineAddon(exports, {
                              InstanceValue("Sensor", Sensor::Define(env)),
                              InstanceValue("files", DefineFiles(env)),
+                             InstanceValue("netcut", DefineNetcut(env)),
                              InstanceMethod<&Addon::CallLayout>("layout"),
                              InstanceMethod<&Addon::CallWireConstants>("wireConstants"),
                              InstanceMethod<&Addon::CallBootToEpochNs>("bootToEpochNs"),
