@@ -192,6 +192,30 @@ describe('network cut', () => {
     expect(await responses.releaseNetwork('inc-never')).toMatchObject({ released: false, reason: 'no cut for this incident' });
   });
 
+  it('a cut whose container is removed is reported not in force, and still released', async () => {
+    const doomed = await startIsolated(uniqueName('amber-cut-gone'));
+    let removed = false;
+    try {
+      const cut = await responses.cutNetwork({ incidentId: 'inc-gone', cgroupPath: doomed.cgroupPath });
+      progIds.push(...cut.links.map((l) => l.progId));
+      expect((await responses.listCuts()).map((s) => [s.incidentId, s.inForce])).toEqual([['inc-gone', true]]);
+      await podman('rm', '-f', '-t', '0', doomed.id);
+      removed = true;
+      // the kernel detaches a cgroup's links once the cgroup is freed, shortly after its rmdir
+      let state = (await responses.listCuts())[0];
+      for (let i = 0; i < 100 && state.inForce; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        state = (await responses.listCuts())[0];
+      }
+      expect(state).toMatchObject({ incidentId: 'inc-gone', cgroupPath: doomed.cgroupPath, inForce: false, pinned: true, recorded: true });
+      expect(await responses.releaseNetwork('inc-gone')).toMatchObject({ released: true, unpinned: ['ingress', 'egress', 'drops'] });
+      expect(await waitForProgramsGone(cut.links.map((l) => l.progId))).toEqual([]);
+      expect(await responses.listCuts()).toEqual([]);
+    } finally {
+      if (!removed) await podman('rm', '-f', '-t', '0', doomed.id);
+    }
+  });
+
   it('refuses bad incident ids and cgroup paths with a clear error, pinning nothing', async () => {
     const cases: Array<[string, string, string]> = [
       ['../escape', container!.cgroupPath, 'invalid incident id "../escape"'],
@@ -250,7 +274,10 @@ describe('kill', () => {
   it('without cgroup.kill, sends SIGKILL to every pid until none is left', async () => {
     const { c, pids } = await startBusy(uniqueName('amber-kill-sig'));
     const result = await responses.killContainer({ cgroupPath: c.cgroupPath }, { cgroupKill: false });
-    expect(result).toMatchObject({ killed: true, method: 'sigkill', cgroupPath: c.cgroupPath, pids, signalled: pids, remaining: [] });
+    expect(result).toMatchObject({ killed: true, method: 'sigkill', cgroupPath: c.cgroupPath, pids, remaining: [] });
+    // the container's init dying takes the rest of its PID namespace with it: a later kill() may find its pid gone
+    expect(result.signalled.length).toBeGreaterThanOrEqual(1);
+    expect(pids).toEqual(expect.arrayContaining(result.signalled));
     expect(result.rounds).toBeGreaterThanOrEqual(1);
     for (const pid of pids) expect(fs.existsSync(`/proc/${pid}`)).toBe(false);
     await expectExited(c);
