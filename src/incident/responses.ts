@@ -123,6 +123,8 @@ export interface CutState {
   recorded: boolean;
   /** Packets dropped so far, per direction; null when not pinned. */
   drops: DropCounts | null;
+  /** Its record could not be read (left where it is); recorded is then false. */
+  recordError?: string;
 }
 
 export interface ReleaseResult {
@@ -135,6 +137,8 @@ export interface ReleaseResult {
   at: string;
   /** Why nothing was released. */
   reason?: string;
+  /** The record could not be read (left as it is); the pins were removed all the same. */
+  recordError?: string;
 }
 
 export interface KillResult {
@@ -287,7 +291,14 @@ export class Responses {
   async releaseNetwork(incidentId: string): Promise<ReleaseResult> {
     checkIncidentId(incidentId);
     const at = new Date().toISOString();
-    const record = await this.readRecord(incidentId);
+    // an unreadable record never keeps a cut in place: the pins go, the record is left as it is
+    let record: CutRecord | null = null;
+    let recordError: string | undefined;
+    try {
+      record = await this.readRecord(incidentId);
+    } catch (err) {
+      recordError = (err as Error).message;
+    }
     const pinDir = this.pinDir(incidentId);
     let drops: DropCounts | null = null;
     let unpinned: string[] = [];
@@ -299,8 +310,10 @@ export class Responses {
       }
       unpinned = unpinAll(pinDir);
     }
-    const base = { incidentId, cgroupPath: record?.cgroupPath ?? null, unpinned, drops, at };
-    if (record === null && unpinned.length === 0) return { released: false, ...base, reason: 'no cut for this incident' };
+    const base = { incidentId, cgroupPath: record?.cgroupPath ?? null, unpinned, drops, at, ...(recordError ? { recordError } : {}) };
+    if (record === null && unpinned.length === 0) {
+      return { released: false, ...base, reason: recordError ? 'no cut pinned for this incident; its record is unreadable' : 'no cut for this incident' };
+    }
     if (record !== null && record.releasedAt !== null && unpinned.length === 0) {
       return { released: false, ...base, reason: `already released at ${record.releasedAt}` };
     }
@@ -317,11 +330,20 @@ export class Responses {
   async listCuts(): Promise<CutState[]> {
     const ids = new Set<string>();
     const records = new Map<string, CutRecord>();
+    const recordErrors = new Map<string, string>();
     for (const name of listDir(this.recordsDir)) {
       if (!name.endsWith('.json')) continue;
       const id = name.slice(0, -'.json'.length);
       if (!INCIDENT_ID.test(id)) continue;
-      const record = await this.readRecord(id);
+      let record: CutRecord | null;
+      try {
+        record = await this.readRecord(id);
+      } catch (err) {
+        // listed, never dropped: the file stays where it is for someone to look at
+        recordErrors.set(id, (err as Error).message);
+        ids.add(id);
+        continue;
+      }
       if (record === null || record.releasedAt !== null) continue;
       records.set(id, record);
       ids.add(id);
@@ -345,6 +367,7 @@ export class Responses {
         pinned,
         recorded: record !== null,
         drops: held?.drops ?? null,
+        ...(recordErrors.has(id) ? { recordError: recordErrors.get(id) } : {}),
       });
     }
     return out;
@@ -481,7 +504,13 @@ export class Responses {
       if (errnoOf(err) === 'ENOENT') return null;
       throw err;
     }
-    const parsed = recordSchema.safeParse(JSON.parse(data.toString('utf8')));
+    let json: unknown;
+    try {
+      json = JSON.parse(data.toString('utf8'));
+    } catch (err) {
+      throw new ResponseError(`cut record of ${incidentId} is not JSON: ${(err as Error).message}`);
+    }
+    const parsed = recordSchema.safeParse(json);
     if (!parsed.success) throw new ResponseError(`cut record of ${incidentId} is not one Amber wrote: ${parsed.error.message}`);
     return parsed.data;
   }

@@ -216,6 +216,24 @@ describe('network cut', () => {
     }
   });
 
+  it('a record it cannot read is listed with the reason and left in place; its cut is released all the same', async () => {
+    const cut = await responses.cutNetwork({ incidentId: 'inc-garbled', cgroupPath: container!.cgroupPath });
+    progIds.push(...cut.links.map((l) => l.progId));
+    const file = path.join(options.dataDir, 'incidents/.responses/inc-garbled.json');
+    fs.writeFileSync(file, '{"incidentId": "inc-garbled", trunc');
+    const [state] = await responses.listCuts();
+    expect(state).toMatchObject({ incidentId: 'inc-garbled', cgroupPath: null, inForce: true, pinned: true, recorded: false });
+    expect(state.recordError).toMatch(/^cut record of inc-garbled is not JSON: /);
+    const released = await responses.releaseNetwork('inc-garbled');
+    expect(released).toMatchObject({ released: true, cgroupPath: null, unpinned: ['ingress', 'egress', 'drops'] });
+    expect(released.recordError).toMatch(/^cut record of inc-garbled is not JSON: /);
+    expect(fs.readFileSync(file, 'utf8')).toBe('{"incidentId": "inc-garbled", trunc');
+    expect(await waitForProgramsGone(cut.links.map((l) => l.progId))).toEqual([]);
+    expect(await connectOut(container!)).toBe('pong\nrc=0');
+    fs.unlinkSync(file);
+    expect(await responses.listCuts()).toEqual([]);
+  });
+
   it('refuses bad incident ids and cgroup paths with a clear error, pinning nothing', async () => {
     const cases: Array<[string, string, string]> = [
       ['../escape', container!.cgroupPath, 'invalid incident id "../escape"'],
