@@ -244,7 +244,7 @@ export class Responses {
       if (isDirectory(pinDir)) {
         const held = this.netcut.inspect(pinDir);
         if (held.ingress?.cgroupId === cgroup.id && held.egress?.cgroupId === cgroup.id) {
-          const record = await this.readRecord(incidentId);
+          const record = await this.readRecord(incidentId).catch(() => null); // the cut is what counts
           const links = this.cutLinks(pinDir, { ingress: held.ingress, egress: held.egress });
           const at = record?.releasedAt === null ? record.at : new Date().toISOString();
           return { cut: true, already: true, incidentId, cgroupPath: cgroup.path, cgroupId: cgroup.id, pinDir, links, at, releasedAt: null, drops: null };
