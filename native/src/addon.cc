@@ -1,4 +1,4 @@
-// Module entry: the Sensor class, the record layout (for the decoder's
+// Module entry: the Sensor class, the network cut, the record layout (for the decoder's
 // offset check) and the boot-to-epoch clock offset.
 #include <napi.h>
 #include <time.h>
@@ -8,6 +8,7 @@
 #include "core_dump.h"
 #include "events.h"
 #include "lock.h"
+#include "netcut.h"
 #include "sensor.h"
 
 namespace amber {
@@ -131,6 +132,7 @@ class Addon : public Napi::Addon<Addon> {
                              InstanceValue("Sensor", Sensor::Define(env)),
                              InstanceValue("files", DefineFiles(env)),
                              InstanceValue("core", DefineCore(env)),
+                             InstanceValue("netcut", DefineNetcut(env)),
                              InstanceMethod<&Addon::CallLayout>("layout"),
                              InstanceMethod<&Addon::CallWireConstants>("wireConstants"),
                              InstanceMethod<&Addon::CallBootToEpochNs>("bootToEpochNs"),

@@ -45,6 +45,8 @@ export interface NativeBinding {
   files: NativeFiles;
   /** ELF core dumps of a process (native/src/core_dump.cc); used through src/incident/memory.ts. */
   core: NativeCore;
+  /** The network cut's BPF object (native/src/netcut.cc), separate from the sensor's. */
+  netcut: NativeNetcut;
 }
 
 export interface NativeCoreOptions {
@@ -106,6 +108,28 @@ export interface NativeCore {
     options: NativeCoreOptions,
     onStopped?: (threads: NativeCoreThread[], resume: (error?: string) => void) => void,
   ): Promise<NativeCoreResult>;
+}
+
+export interface NativeCutLink {
+  linkId: number;
+  progId: number;
+  /** The cgroup it is attached to; 0 once that cgroup is gone. */
+  cgroupId: number;
+}
+
+export interface NativeNetcut {
+  /**
+   * Loads a fresh netcut object, attaches it to the cgroup (an fd of its cgroup v2 directory) in both
+   * directions and pins both links and the drop counters in pinDir (an existing directory on bpffs),
+   * then closes everything: only the pins hold the cut. Throws (code, errno) leaving nothing pinned.
+   */
+  attach(cgroupFd: number, pinDir: string): { ingress: NativeCutLink; egress: NativeCutLink };
+  /** What pinDir's pins hold now (null: not pinned), from any process. */
+  inspect(pinDir: string): {
+    ingress: NativeCutLink | null;
+    egress: NativeCutLink | null;
+    drops: { ingress: number; egress: number } | null;
+  };
 }
 
 export interface NativeFiles {
