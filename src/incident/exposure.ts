@@ -177,7 +177,7 @@ export function hostPathOf(m: MountinfoEntry, hostMounts: readonly MountinfoEntr
   }
   if (best === null) return null;
   const rest = best.root === '/' ? m.root : m.root.slice(best.root.length);
-  return path.posix.join(best.mountPoint, rest);
+  return rest === '/' || rest === '' ? best.mountPoint : path.posix.join(best.mountPoint, rest);
 }
 
 /** Why a host path is sensitive ("" when it is not in the table): itself, else what it holds. */
@@ -305,11 +305,16 @@ export async function assessExposure(pid: number, options: ExposureOptions = {})
   });
   if (effective !== null && hostBounding !== null) exposure.privileged = (effective & hostBounding) === hostBounding;
 
+  const readNamespaces = async (d: string): Promise<Map<string, string>> => {
+    const links = new Map<string, string>();
+    for (const kind of NAMESPACE_KINDS) links.set(kind, await fs.promises.readlink(path.join(d, 'ns', kind)));
+    return links;
+  };
+  const hostNs = await fromHost('namespaces', readNamespaces);
   for (const kind of NAMESPACE_KINDS) {
     try {
       const own = await fs.promises.readlink(path.join(dir, 'ns', kind));
-      const host = await fromHost(`${kind} namespace`, (d) => fs.promises.readlink(path.join(d, 'ns', kind)));
-      exposure.hostNamespaces[kind as NamespaceKind] = host !== null && host === own;
+      exposure.hostNamespaces[kind as NamespaceKind] = hostNs !== null && hostNs.get(kind) === own;
     } catch (err) {
       exposure.errors.push(`ns/${kind}: ${message(err)}`);
     }
