@@ -12,8 +12,18 @@ import * as path from 'path';
 import { readBoundedFile } from '../containers/metadata-files';
 import type { MountinfoEntry } from '../containers/metadata-mountinfo';
 import { lstatUnder } from '../detect/files';
-import { NAMESPACE_KINDS, type Exposure, type NamespaceKind, type SensitiveMount } from './facts-types';
+import type { ExposureFacts, SensitiveMount } from './facts-types';
 import { parseMountinfo, parseStatus } from './process-facts';
+
+export const NAMESPACE_KINDS = ['pid', 'net', 'ipc', 'uts', 'mnt', 'user', 'cgroup'] as const;
+export type NamespaceKind = (typeof NAMESPACE_KINDS)[number];
+
+/** exposure.json: the facts inspect reads, and what could not be learned and why. */
+export interface Exposure extends ExposureFacts {
+  errors: string[];
+}
+
+const SECCOMP_MODES: Record<string, ExposureFacts['seccomp']> = { '0': 'disabled', '1': 'strict', '2': 'filter' };
 
 export const DEFAULT_EXPOSURE = { procRoot: '/proc', hostPid: 1, maxMountinfoBytes: 4 << 20 } as const;
 
@@ -258,9 +268,9 @@ export async function assessExposure(pid: number, options: ExposureOptions = {})
   const dir = path.join(procRoot, String(pid));
   const exposure: Exposure = {
     pid,
-    capabilities: { effective: [], permitted: [], bounding: [] },
+    capabilities: { effective: [], permitted: [], bounding: [], inheritable: [], ambient: [] },
     privileged: false,
-    seccomp: -1,
+    seccomp: 'unknown',
     noNewPrivs: false,
     hostNamespaces: { pid: false, net: false, ipc: false, uts: false, mnt: false, user: false, cgroup: false },
     sensitiveMounts: [],
@@ -291,9 +301,10 @@ export async function assessExposure(pid: number, options: ExposureOptions = {})
       effective: capabilityNames(effective ?? 0n),
       permitted: capabilityNames(capMask(status, 'CapPrm') ?? 0n),
       bounding: capabilityNames(capMask(status, 'CapBnd') ?? 0n),
+      inheritable: capabilityNames(capMask(status, 'CapInh') ?? 0n),
+      ambient: capabilityNames(capMask(status, 'CapAmb') ?? 0n),
     };
-    const seccomp = Number(status.Seccomp);
-    exposure.seccomp = status.Seccomp !== undefined && Number.isSafeInteger(seccomp) ? seccomp : -1;
+    exposure.seccomp = SECCOMP_MODES[status.Seccomp ?? ''] ?? 'unknown';
     exposure.noNewPrivs = status.NoNewPrivs === '1';
   } catch (err) {
     exposure.errors.push(`status: ${message(err)}`);
@@ -303,7 +314,10 @@ export async function assessExposure(pid: number, options: ExposureOptions = {})
     if (mask === null) throw new Error('no CapBnd in status');
     return mask;
   });
-  if (effective !== null && hostBounding !== null) exposure.privileged = (effective & hostBounding) === hostBounding;
+  // as --privileged gives: everything the host could grant, and no seccomp filter
+  if (effective !== null && hostBounding !== null) {
+    exposure.privileged = (effective & hostBounding) === hostBounding && exposure.seccomp === 'disabled';
+  }
 
   const readNamespaces = async (d: string): Promise<Map<string, string>> => {
     const links = new Map<string, string>();
@@ -314,7 +328,7 @@ export async function assessExposure(pid: number, options: ExposureOptions = {})
   for (const kind of NAMESPACE_KINDS) {
     try {
       const own = await fs.promises.readlink(path.join(dir, 'ns', kind));
-      exposure.hostNamespaces[kind as NamespaceKind] = hostNs !== null && hostNs.get(kind) === own;
+      exposure.hostNamespaces[kind] = hostNs !== null && hostNs.get(kind) === own;
     } catch (err) {
       exposure.errors.push(`ns/${kind}: ${message(err)}`);
     }

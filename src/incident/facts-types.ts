@@ -1,137 +1,56 @@
 /**
- * The facts an evidence bundle keeps about the container and its processes,
- * as written (JSON) and as `amber inspect` reads them: process/<pid>.json
- * (ProcessFacts), container.json (ContainerFacts), exposure.json (Exposure).
- * Everything here comes from the watched workload and is hostile text:
- * escape it before it reaches a terminal.
+ * What container.json and exposure.json hold: written by the capture's facts
+ * step, read by `amber inspect`. Plain JSON; readers treat a bundle as
+ * untrusted input and check each field before use.
  */
 import type { ContainerMetadata } from '../containers/metadata';
-import type { MountinfoEntry } from '../containers/metadata-mountinfo';
 
-export const NAMESPACE_KINDS = ['pid', 'net', 'ipc', 'uts', 'mnt', 'user', 'cgroup'] as const;
-export type NamespaceKind = (typeof NAMESPACE_KINDS)[number];
+export const CONTAINER_FILE = 'container.json';
+export const EXPOSURE_FILE = 'exposure.json';
 
-export interface EnvVar {
-  name: string;
-  /** "[redacted]" when the name matched the redaction list. */
-  value: string;
-  redacted: boolean;
-  /** The raw NAME=VALUE bytes, base64, when they are not UTF-8 (never for a redacted one). */
-  base64?: string;
-}
-
-export interface FdFact {
-  fd: number;
-  /** readlink of /proc/<pid>/fd/<fd>: a path, "socket:[inode]", "pipe:[inode]", "anon_inode:[eventfd]"... */
-  target: string;
-  /** From fdinfo: the open flags, octal as the kernel prints them ("" unread). */
-  flags: string;
-  pos: number;
-  mntId: number;
-}
-
-export type SocketProtocol = 'tcp' | 'tcp6' | 'udp' | 'udp6' | 'unix';
-
-export interface SocketFact {
-  protocol: SocketProtocol;
-  /** IP sockets: address and port; unix sockets: "" and 0. */
-  localAddress: string;
-  localPort: number;
-  remoteAddress: string;
-  remotePort: number;
-  /** TCP: LISTEN, ESTABLISHED...; UDP: UNCONN or ESTABLISHED; unix: LISTEN, CONNECTED, UNCONNECTED... */
-  state: string;
-  inode: number;
-  /** unix sockets: the bound path ("@name" abstract, "" none). */
-  path: string;
-  /** unix sockets: stream, dgram or seqpacket. */
-  type: string;
-  /** The process's fds holding this socket (empty: another process of the namespace holds it). */
-  fds: number[];
-}
-
-export interface IdSet {
-  real: number;
-  effective: number;
-  saved: number;
-  filesystem: number;
-}
-
-export interface ProcessFacts {
-  pid: number;
-  /** The process went away (or its pid was reused) during collection: the rest is what was read before. */
-  exited: boolean;
-  comm: string;
-  args: string[];
-  /** The raw cmdline, base64, when it is not UTF-8 (args then hold U+FFFD in its place). */
-  argsBase64?: string;
-  /** readlink of exe, cwd and root ("" unreadable); never followed. */
-  exe: string;
-  cwd: string;
-  root: string;
-  /** /proc/<pid>/status, key: value. */
-  status: Record<string, string>;
-  uid: IdSet | null;
-  gid: IdSet | null;
-  /** ISO 8601 ("" unknown). */
-  startedAt: string;
-  /** Clock ticks since boot, /proc/<pid>/stat field 22: with the pid, names the process. */
-  startTicks: number;
-  environ: EnvVar[];
-  cgroup: Array<{ hierarchy: number; controllers: string[]; path: string }>;
-  mounts: MountinfoEntry[];
-  fds: FdFact[];
-  /** Every socket of the process's network namespace (bounded). */
-  sockets: SocketFact[];
-  /** Inode of each /proc/<pid>/ns/* link. */
-  namespaces: Record<string, number>;
-  /** Files cut at the size cap, lists cut at their bound ("environ", "fds", "sockets:tcp"...). */
-  truncated: string[];
-  /** What could not be read and why. */
-  errors: string[];
-}
-
+/** One process of the container at capture time, with its children (by ppid). */
 export interface ProcessNode {
-  /** Host pid. */
   pid: number;
   ppid: number;
-  /** The pid inside the container's pid namespace (its innermost NSpid). */
-  nspid: number;
   comm: string;
+  /** /proc/<pid>/exe in the container's view; "" when it could not be read. */
   exePath: string;
   args: string[];
   children: ProcessNode[];
 }
 
+/** container.json */
 export interface ContainerFacts {
   metadata: ContainerMetadata | null;
-  /** Processes whose parent is not in the container are roots; children by pid. */
+  /** The container's processes as a forest: each root is a process whose parent is outside the container (its init first). */
   tree: ProcessNode[];
-  /** How the processes were found: the container's cgroup (v2) or its init's pid namespace. */
-  source: 'cgroup' | 'pid-namespace';
-  errors: string[];
 }
 
+/** A mount of the container that exposes the host (the container runtime's socket, /proc, /, a device...). */
 export interface SensitiveMount {
-  /** Where it is mounted in the container. */
+  /** Where the container sees it. */
   path: string;
-  /** The host path it shows (when it maps to a host mount), else the filesystem's source. */
+  /** The host path or filesystem behind it (mountinfo's root, or the source for special filesystems). */
   source: string;
+  /** Why it matters: "container runtime socket", "host root", "host /proc", ... */
   reason: string;
   writable: boolean;
 }
 
-export interface Exposure {
+/** exposure.json: what the process that triggered the incident could reach. */
+export interface ExposureFacts {
+  /** The process measured (the trigger's). */
   pid: number;
-  capabilities: { effective: string[]; permitted: string[]; bounding: string[] };
-  /** Every capability the host's reference process may hold (its bounding set) is effective. */
+  /** Capability names as in capabilities(7), upper case ("CAP_SYS_ADMIN"). */
+  capabilities: { effective: string[]; permitted: string[]; bounding: string[]; inheritable: string[]; ambient: string[] };
+  /** Every capability in the bounding set and no seccomp, as `--privileged` gives. */
   privileged: boolean;
-  /** Seccomp mode: 0 none, 1 strict, 2 filter; -1 unknown. */
-  seccomp: number;
+  /** /proc/<pid>/status Seccomp: 0 disabled, 1 strict, 2 filter. */
+  seccomp: 'disabled' | 'strict' | 'filter' | 'unknown';
   noNewPrivs: boolean;
-  /** True where the process shares the namespace with the host's reference process. */
-  hostNamespaces: Record<NamespaceKind, boolean>;
+  /** True where the process shares the host's namespace (same inode as the host's init). */
+  hostNamespaces: { pid: boolean; net: boolean; ipc: boolean; uts: boolean; mnt: boolean; user: boolean; cgroup: boolean };
   sensitiveMounts: SensitiveMount[];
+  /** A Kubernetes service account token mounted into the container, and where. */
   serviceAccountToken: { mounted: boolean; path?: string };
-  errors: string[];
 }

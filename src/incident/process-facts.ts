@@ -15,7 +15,15 @@ import { parseMountinfoLine, type MountinfoEntry } from '../containers/metadata-
 import { processStartMs } from '../containers/metadata';
 import { compileGlobs, type StringMatcher } from '../detect/glob';
 import { ipv4ToString, ipv6ToString } from '../sensor/ip';
-import type { EnvVar, FdFact, IdSet, ProcessFacts, ProcessNode, SocketFact, SocketProtocol } from './facts-types';
+import type { ProcessNode } from './facts-types';
+import type { EnvVar, FdFact, IdSet, ProcessFacts, SocketFact, SocketProtocol } from './process-facts-types';
+
+/** A process of container.json's tree; nspid is beyond the shape inspect requires (it ignores fields it does not know). */
+export interface ContainerProcessNode extends ProcessNode {
+  /** The pid inside the container's pid namespace (its innermost NSpid). */
+  nspid: number;
+  children: ContainerProcessNode[];
+}
 
 export const REDACTED = '[redacted]';
 
@@ -518,7 +526,8 @@ async function pidNamespacePids(procRoot: string, initPid: number, max: number):
 export type ProcessTreeTarget = { initPid: number } | { cgroupPath: string };
 
 export interface ProcessTree {
-  tree: ProcessNode[];
+  /** Processes whose parent is not in the container are roots (the init first); children by pid. */
+  tree: ContainerProcessNode[];
   source: 'cgroup' | 'pid-namespace';
   errors: string[];
 }
@@ -565,12 +574,12 @@ export async function containerProcessTree(target: ProcessTreeTarget, options: P
   }
   if (pids.length >= max) errors.push(`more than ${max} processes: the tree lists the first ${max}`);
 
-  const rows = new Map<number, ProcessNode>();
+  const rows = new Map<number, ContainerProcessNode>();
   for (const pid of [...new Set(pids)].sort((a, b) => a - b)) {
     const row = await procRow(procRoot, pid);
     if (row !== null) rows.set(pid, { ...row, children: [] });
   }
-  const tree: ProcessNode[] = [];
+  const tree: ContainerProcessNode[] = [];
   for (const node of rows.values()) {
     const parent = rows.get(node.ppid);
     if (parent !== undefined && parent !== node) parent.children.push(node);
@@ -590,9 +599,9 @@ function quoteArg(arg: string): string {
  * (pid inside the container in brackets, then the host pid). Escaped: every
  * field is the workload's.
  */
-export function renderProcessTree(tree: readonly ProcessNode[]): string {
+export function renderProcessTree(tree: readonly ContainerProcessNode[]): string {
   const lines: string[] = [];
-  const visit = (node: ProcessNode, prefix: string, last: boolean, root: boolean): void => {
+  const visit = (node: ContainerProcessNode, prefix: string, last: boolean, root: boolean): void => {
     const branch = root ? '' : last ? '└── ' : '├── ';
     const args = node.args.map(quoteArg).join(' ');
     lines.push(clean(`${prefix}${branch}[${node.nspid}] ${node.comm}  pid ${node.pid}  ${node.exePath || '-'}  ${args}`.trimEnd()));

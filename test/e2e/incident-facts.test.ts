@@ -72,9 +72,9 @@ describe('a default container', () => {
     const exposure = await assessExposure(c.pid, HOST);
     expect(exposure).toEqual({
       pid: c.pid,
-      capabilities: { effective: PODMAN_DEFAULT_CAPS, permitted: PODMAN_DEFAULT_CAPS, bounding: PODMAN_DEFAULT_CAPS },
+      capabilities: { effective: PODMAN_DEFAULT_CAPS, permitted: PODMAN_DEFAULT_CAPS, bounding: PODMAN_DEFAULT_CAPS, inheritable: [], ambient: [] },
       privileged: false,
-      seccomp: 2,
+      seccomp: 'filter',
       noNewPrivs: false,
       hostNamespaces: { pid: false, net: false, ipc: false, uts: false, mnt: false, user: true, cgroup: true },
       sensitiveMounts: [],
@@ -199,9 +199,9 @@ describe('a privileged container sharing the host pid and network namespaces, wi
     expect(all).toContain('CAP_SYS_ADMIN');
     expect(exposure).toEqual({
       pid: c.pid,
-      capabilities: { effective: all, permitted: all, bounding: all },
+      capabilities: { effective: all, permitted: all, bounding: all, inheritable: [], ambient: [] },
       privileged: true,
-      seccomp: 0,
+      seccomp: 'disabled',
       noNewPrivs: false,
       hostNamespaces: { pid: true, net: true, ipc: false, uts: false, mnt: false, user: true, cgroup: true },
       sensitiveMounts: [

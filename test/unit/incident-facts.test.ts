@@ -9,8 +9,8 @@ import {
   parseUnixTable,
   renderProcessTree,
   DEFAULT_PROCESS_FACTS,
+  type ContainerProcessNode,
 } from '../../src/incident/process-facts';
-import type { ProcessNode } from '../../src/incident/facts-types';
 
 describe('process facts parsers', () => {
   it('decodes /proc/net addresses in host byte order', () => {
@@ -73,8 +73,8 @@ describe('process facts parsers', () => {
   });
 
   it('renders a tree with escaped fields', () => {
-    const leaf = (pid: number, nspid: number, args: string[]): ProcessNode => ({ pid, ppid: 10, nspid, comm: 'x\x1b[2J', exePath: '', args, children: [] });
-    const tree: ProcessNode[] = [
+    const leaf = (pid: number, nspid: number, args: string[]): ContainerProcessNode => ({ pid, ppid: 10, nspid, comm: 'x\x1b[2J', exePath: '', args, children: [] });
+    const tree: ContainerProcessNode[] = [
       { pid: 10, ppid: 1, nspid: 1, comm: 'init', exePath: '/init', args: ['/init'], children: [{ ...leaf(11, 2, ['a b']), children: [leaf(13, 4, [])] }, leaf(12, 3, ["it's"])] },
     ];
     expect(renderProcessTree(tree)).toBe(
