@@ -23,11 +23,22 @@ export class BoundedReadError extends Error {
 
 /** The file's text, at most maxBytes; rejects non-regular files and larger files. */
 export async function readBoundedFile(file: string, maxBytes: number): Promise<string> {
+  const { bytes, truncated } = await readBoundedBytes(file, maxBytes);
+  if (truncated) throw new BoundedReadError(file, 'EFBIG', `${file} is larger than ${maxBytes} bytes`);
+  return bytes.toString('utf8');
+}
+
+/**
+ * The file's first maxBytes bytes, and whether there was more; rejects
+ * non-regular files. For files whose head is worth keeping when they are large
+ * (a process's environ, a busy host's /proc/net/tcp).
+ */
+export async function readBoundedBytes(file: string, maxBytes: number): Promise<{ bytes: Buffer; truncated: boolean }> {
   const handle = await fs.promises.open(file, OPEN_FLAGS);
   try {
     const st = await handle.stat();
     if (!st.isFile()) throw new BoundedReadError(file, 'ENOTREG', `${file} is not a regular file`);
-    // /proc files say size 0: read until EOF, up to the cap
+    // /proc files say size 0: read until EOF, up to the cap (one byte more tells whether there was more)
     const chunks: Buffer[] = [];
     let total = 0;
     for (;;) {
@@ -36,9 +47,9 @@ export async function readBoundedFile(file: string, maxBytes: number): Promise<s
       if (bytesRead === 0) break;
       chunks.push(buf.subarray(0, bytesRead));
       total += bytesRead;
-      if (total > maxBytes) throw new BoundedReadError(file, 'EFBIG', `${file} is larger than ${maxBytes} bytes`);
+      if (total > maxBytes) return { bytes: Buffer.concat(chunks, total).subarray(0, maxBytes), truncated: true };
     }
-    return Buffer.concat(chunks, total).toString('utf8');
+    return { bytes: Buffer.concat(chunks, total), truncated: false };
   } finally {
     await handle.close();
   }

@@ -15,8 +15,12 @@ export interface OverlayRoot {
 export interface MountinfoEntry {
   mountId: number;
   parentId: number;
+  /** The device of the mounted filesystem, "major:minor". */
+  majorMinor: string;
   root: string;
   mountPoint: string;
+  /** Per-mount options (rw or ro first, then nosuid, nodev...). */
+  mountOptions: string[];
   fsType: string;
   source: string;
   /** Super-block options, decoded, in order; a flag without '=' has value "". */
@@ -56,8 +60,10 @@ export function parseMountinfoLine(line: string): MountinfoEntry | null {
   return {
     mountId,
     parentId,
+    majorMinor: fields[2],
     root: unescapeMountField(fields[3]),
     mountPoint: unescapeMountField(fields[4]),
+    mountOptions: fields[5].split(',').filter((o) => o !== ''),
     fsType: unescapeMountField(fields[sep + 1]),
     source: unescapeMountField(fields[sep + 2]),
     superOptions,
