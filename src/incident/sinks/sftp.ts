@@ -8,9 +8,15 @@
  * archive can check it.
  */
 import { createHash } from 'node:crypto';
-import { Client, type ConnectConfig, type SFTPWrapper } from 'ssh2';
-import { pipeline } from 'node:stream/promises';
-import { abortError, type ArchiveToUpload, checkSent, HashingStream, openArchive, readSecretFile, type Sink, type UploadResult } from './sink';
+import type { FileHandle } from 'node:fs/promises';
+import { Client, type ConnectConfig, type SFTPWrapper, type Stats } from 'ssh2';
+import { abortError, type ArchiveToUpload, openArchive, PermanentUploadError, readSecretFile, type Sink, type UploadResult } from './sink';
+
+interface Connection {
+  client: Client;
+  /** Rejects when the connection ends: ssh2 would leave the calls under way pending. */
+  lost: Promise<never>;
+}
 
 export const SFTP_DEFAULTS = {
   port: 22,
@@ -105,62 +111,66 @@ export class SftpSink implements Sink {
 
   async upload(archive: ArchiveToUpload, signal: AbortSignal): Promise<UploadResult> {
     const base = `${archive.id}.tar.gz`;
-    const final = `${this.remoteDir === '/' ? '' : this.remoteDir}/${base}`;
+    const dir = this.remoteDir === '/' ? '' : this.remoteDir;
+    const final = `${dir}/${base}`;
+    const partial = `${dir}/.${base}.part`; // hidden while partial; an earlier attempt's leftover is truncated
+    const sidecarPartial = `${dir}/.${base}.sha256.part`;
     const fh = await openArchive(archive);
-    let client: Client | undefined;
-    const onAbort = () => client?.destroy();
+    let conn: Connection | undefined;
+    const onAbort = () => conn?.client.destroy();
     signal.addEventListener('abort', onAbort, { once: true });
     try {
       if (signal.aborted) throw abortError(signal);
-      client = await this.connect();
+      conn = await this.connect();
       if (signal.aborted) throw abortError(signal);
-      const sftp = await new Promise<SFTPWrapper>((resolve, reject) => client!.sftp((err, s) => (err ? reject(err) : resolve(s))));
-      const dirStat = await call<{ isDirectory(): boolean }>((cb) => sftp.stat(this.remoteDir, cb)).catch((err: Error) => {
+      const { client, lost } = conn;
+      // ssh2 leaves calls pending when the connection drops: every step races the loss
+      const step = <T>(work: Promise<T>): Promise<T> => {
+        work.catch(() => {});
+        return Promise.race([work, lost]);
+      };
+      const sftp = await step(new Promise<SFTPWrapper>((resolve, reject) => client.sftp((err, s) => (err ? reject(err) : resolve(s)))));
+      const dirStat = await step(call<Stats>((cb) => sftp.stat(this.remoteDir, cb))).catch((err: Error) => {
         throw new Error(`sftp remote dir ${this.remoteDir}: ${err.message}`);
       });
       if (!dirStat.isDirectory()) throw new Error(`sftp remote dir ${this.remoteDir} is not a directory`);
 
-      // hidden while partial; a leftover of an earlier attempt is truncated
-      const partial = `${this.remoteDir === '/' ? '' : this.remoteDir}/.${base}.part`;
-      const sent = new HashingStream();
-      await pipeline(fh.createReadStream({ autoClose: false, start: 0 }), sent, sftp.createWriteStream(partial, { flags: 'w', mode: 0o600 }));
-      checkSent(archive, sent);
-
-      const st = await call<{ size: number }>((cb) => sftp.stat(partial, cb));
+      const sent = await step(putFile(sftp, fh, partial, archive.size));
+      if (sent !== archive.sha256) {
+        throw new PermanentUploadError(`archive ${archive.path} changed while it was uploaded: sent sha256 ${sent}, captured ${archive.sha256}`);
+      }
+      const st = await step(call<Stats>((cb) => sftp.stat(partial, cb)));
       if (st.size !== archive.size) throw new Error(`${this.url(partial)}: verification failed: size ${st.size}, expected ${archive.size}`);
       if ((this.opts.verify ?? SFTP_DEFAULTS.verify) === 'sha256') {
-        const hash = createHash('sha256');
-        await pipeline(sftp.createReadStream(partial), hash);
-        const digest = hash.digest('hex');
-        if (digest !== archive.sha256) throw new Error(`${this.url(partial)}: verification failed: sha256 read back ${digest}, expected ${archive.sha256}`);
+        const back = await step(hashRemote(sftp, partial, archive.size));
+        if (back !== archive.sha256) throw new Error(`${this.url(partial)}: verification failed: sha256 read back ${back}, expected ${archive.sha256}`);
       }
-
-      const sidecar = `${final}.sha256`;
-      await writeRemote(sftp, `${this.remoteDir === '/' ? '' : this.remoteDir}/.${base}.sha256.part`, `${archive.sha256}  ${base}\n`);
-      await rename(sftp, `${this.remoteDir === '/' ? '' : this.remoteDir}/.${base}.sha256.part`, sidecar);
-      await rename(sftp, partial, final);
+      // the sidecar first: whoever sees the archive can check it
+      await step(writeRemote(sftp, sidecarPartial, Buffer.from(`${archive.sha256}  ${base}\n`)));
+      await step(rename(sftp, sidecarPartial, `${final}.sha256`));
+      await step(rename(sftp, partial, final));
       return { remote: this.url(final) };
     } catch (err) {
       if (signal.aborted) throw abortError(signal);
       throw err;
     } finally {
       signal.removeEventListener('abort', onAbort);
-      if (client) {
-        client.end();
-        this.clients.delete(client);
+      if (conn) {
+        conn.client.end();
+        this.clients.delete(conn.client);
       }
       await fh.close();
     }
   }
 
-  private async connect(): Promise<Client> {
+  private async connect(): Promise<Connection> {
     const o = this.opts;
     const port = o.port ?? SFTP_DEFAULTS.port;
     const client = new Client();
     this.clients.add(client);
     let seen: string | undefined;
     const creds = await this.credentials();
-    return new Promise<Client>((resolve, reject) => {
+    return new Promise<Connection>((resolve, reject) => {
       const fail = (err: Error) => {
         this.clients.delete(client);
         client.destroy();
@@ -170,8 +180,11 @@ export class SftpSink implements Sink {
       };
       client.once('ready', () => {
         client.removeListener('error', fail);
-        client.on('error', () => {}); // later errors surface through the sftp calls
-        resolve(client);
+        let why = 'connection closed';
+        client.on('error', (err: Error) => (why = err.message));
+        const lost = new Promise<never>((_, rejectLost) => client.once('close', () => rejectLost(new Error(`sftp ${o.host}:${port}: ${why}`))));
+        lost.catch(() => {});
+        resolve({ client, lost });
       });
       client.once('error', fail);
       client.connect({
@@ -216,11 +229,84 @@ function rename(sftp: SFTPWrapper, from: string, to: string): Promise<void> {
   });
 }
 
-function writeRemote(sftp: SFTPWrapper, file: string, text: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const ws = sftp.createWriteStream(file, { flags: 'w', mode: 0o600 });
-    ws.on('error', reject);
-    ws.on('close', () => resolve());
-    ws.end(text);
-  });
+/** SFTP requests of this many bytes, this many in flight: one at a time is latency-bound. */
+const CHUNK_BYTES = 32 * 1024;
+const IN_FLIGHT = 32;
+
+/** Writes the local file to `remote` (created 0600, truncated); returns the sha256 of what it read and sent. */
+async function putFile(sftp: SFTPWrapper, fh: FileHandle, remote: string, size: number): Promise<string> {
+  const hash = createHash('sha256');
+  const handle = await call<Buffer>((cb) => sftp.open(remote, 'w', { mode: 0o600 }, cb));
+  try {
+    for (let offset = 0; offset < size; ) {
+      const window: Promise<unknown>[] = [];
+      for (let i = 0; i < IN_FLIGHT && offset < size; i++) {
+        const len = Math.min(CHUNK_BYTES, size - offset);
+        const buf = Buffer.allocUnsafe(len);
+        const { bytesRead } = await fh.read(buf, 0, len, offset);
+        if (bytesRead !== len) throw new PermanentUploadError(`archive shrank while it was uploaded (${offset + bytesRead} bytes, captured ${size})`);
+        hash.update(buf);
+        const at = offset;
+        window.push(observed(call<void>((cb) => sftp.write(handle, buf, 0, len, at, cb))));
+        offset += len;
+      }
+      await settleAll(window);
+    }
+  } finally {
+    await call<void>((cb) => sftp.close(handle, cb)).catch(() => {});
+  }
+  return hash.digest('hex');
+}
+
+/** The sha256 of the remote file's first `size` bytes, read back. */
+async function hashRemote(sftp: SFTPWrapper, remote: string, size: number): Promise<string> {
+  const hash = createHash('sha256');
+  const handle = await call<Buffer>((cb) => sftp.open(remote, 'r', cb));
+  const readAt = (buf: Buffer, at: number) =>
+    new Promise<number>((resolve, reject) => sftp.read(handle, buf, 0, buf.length, at, (err, n) => (err ? reject(err) : resolve(n))));
+  try {
+    for (let offset = 0; offset < size; ) {
+      const window: Array<{ buf: Buffer; at: number; read: Promise<number> }> = [];
+      for (let i = 0; i < IN_FLIGHT && offset < size; i++) {
+        const buf = Buffer.allocUnsafe(Math.min(CHUNK_BYTES, size - offset));
+        window.push({ buf, at: offset, read: observed(readAt(buf, offset)) });
+        offset += buf.length;
+      }
+      await settleAll(window.map((w) => w.read));
+      for (const w of window) {
+        // a server may answer a read with fewer bytes: the rest is asked for again
+        for (let got = await w.read; got < w.buf.length; ) {
+          const n = await readAt(w.buf.subarray(got), w.at + got);
+          if (n <= 0) throw new Error(`${remote} ended at ${w.at + got} bytes, expected ${size}`);
+          got += n;
+        }
+        hash.update(w.buf);
+      }
+    }
+  } finally {
+    await call<void>((cb) => sftp.close(handle, cb)).catch(() => {});
+  }
+  return hash.digest('hex');
+}
+
+/** The promise, marked handled: its failure is read later (settleAll), not reported as unhandled meanwhile. */
+function observed<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => {});
+  return p;
+}
+
+/** Waits for all; throws the first failure (after all ended: no request left running unobserved). */
+async function settleAll(work: Promise<unknown>[]): Promise<void> {
+  const results = await Promise.allSettled(work);
+  const failed = results.find((r) => r.status === 'rejected');
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+}
+
+async function writeRemote(sftp: SFTPWrapper, file: string, data: Buffer): Promise<void> {
+  const handle = await call<Buffer>((cb) => sftp.open(file, 'w', { mode: 0o600 }, cb));
+  try {
+    await call<void>((cb) => sftp.write(handle, data, 0, data.length, 0, cb));
+  } finally {
+    await call<void>((cb) => sftp.close(handle, cb)).catch(() => {});
+  }
 }
