@@ -5,9 +5,10 @@
  */
 import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { createHash } from 'node:crypto';
-import { readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { enforceRetention } from '../../src/incident/retention';
 import { S3Sink, type S3SinkOptions } from '../../src/incident/sinks/s3';
 import { UploadQueue } from '../../src/incident/uploads';
 import { RecordingProxy } from '../helpers/recording-proxy';
@@ -187,6 +188,11 @@ describe('S3 sink', () => {
       await first.queue.enqueue(archive.id, archive.path, archive);
       await waitFor('a failed attempt', () => (first.queue.status(archive.id)!.sinks.s3.lastError !== null ? true : undefined));
       await first.queue.close();
+      // closed: no more attempts (retries were due every 100-400ms)
+      const attempts = first.queue.status(archive.id)!.sinks.s3.attempts;
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(first.queue.status(archive.id)!.sinks.s3.attempts).toBe(attempts);
+      expect(JSON.parse(readFileSync(path.join(dataDir, 'incidents/.uploads/inc-resume.json'), 'utf8')).sinks.s3.attempts).toBe(attempts);
       const saved = JSON.parse(readFileSync(path.join(dataDir, 'incidents/.uploads/inc-resume.json'), 'utf8'));
       expect(saved.sinks.s3.pending).toBe(true);
       expect(saved.sinks.s3.uploadedAt).toBeNull();
@@ -202,6 +208,36 @@ describe('S3 sink', () => {
     const st = await second.queue.settled(archive.id);
     expect(st.sinks.s3).toMatchObject({ pending: false, lastError: null, remote: `s3://evidence/${PREFIX}inc-resume.tar.gz` });
     expect((await getObject(`${PREFIX}inc-resume.tar.gz`)).equals(archive.bytes)).toBe(true);
+  });
+
+  it('retention removes uploaded bundles and keeps the one the queue still owes', async () => {
+    const dataDir = newDataDir();
+    const { queue, lines } = await queueWith(dataDir);
+    const [one, two, three] = ['inc-r1', 'inc-r2', 'inc-r3'].map((id) => {
+      mkdirSync(path.join(dataDir, 'incidents', id));
+      writeFileSync(path.join(dataDir, 'incidents', id, 'manifest.json'), '{}');
+      return writeArchive(dataDir, id, 10_000);
+    });
+    await queue.start();
+    for (const a of [one, two]) {
+      await queue.enqueue(a.id, a.path, a);
+      await queue.settled(a.id);
+    }
+    await server.stop();
+    try {
+      await queue.enqueue(three.id, three.path, three);
+      await waitFor('a failed attempt', () => (queue.status(three.id)!.sinks.s3.lastError !== null ? true : undefined));
+      const r = await enforceRetention(dataDir, { maxCount: 0, log: recordingLogger().log }, queue);
+      expect(r.removed).toEqual(['inc-r1', 'inc-r2']);
+      expect(r.kept).toEqual(['inc-r3']);
+      expect(readdirSync(path.join(dataDir, 'incidents')).sort()).toEqual(['.uploads', 'inc-r3', 'inc-r3.tar.gz']);
+      expect(readdirSync(path.join(dataDir, 'incidents', '.uploads'))).toEqual(['inc-r3.json']);
+      expect(queue.status('inc-r1')).toBeNull();
+    } finally {
+      await server.start();
+    }
+    expect((await queue.settled(three.id)).sinks.s3.uploadedAt).not.toBeNull();
+    expect(lines.filter((l) => l.msg === 'uploaded and verified').map((l) => l.id)).toEqual(['inc-r1', 'inc-r2', 'inc-r3']);
   });
 
   it('refuses an archive that is not what was captured, without retrying', async () => {
