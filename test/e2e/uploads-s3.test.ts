@@ -54,7 +54,7 @@ const ENV = { AMBER_TEST_S3_KEY: S3RVER_CREDENTIALS.accessKeyId, AMBER_TEST_S3_S
 async function queueWith(dataDir: string, extra: Partial<S3SinkOptions> = {}) {
   const { log, lines } = recordingLogger();
   const sink = await S3Sink.create(sinkOptions(extra), ENV);
-  const queue = new UploadQueue({ dataDir, sinks: [sink], log, retry: { initialMs: 100, maxMs: 400 } });
+  const queue = new UploadQueue({ dataDir, sinks: [sink], log, retry: { initialMs: 250, maxMs: 500 } });
   cleanups.push(() => queue.close());
   return { queue, lines };
 }
@@ -188,7 +188,7 @@ describe('S3 sink', () => {
       await first.queue.enqueue(archive.id, archive.path, archive);
       await waitFor('a failed attempt', () => (first.queue.status(archive.id)!.sinks.s3.lastError !== null ? true : undefined));
       await first.queue.close();
-      // closed: no more attempts (retries were due every 100-400ms)
+      // closed: no more attempts (retries were due every 125-500ms)
       const attempts = first.queue.status(archive.id)!.sinks.s3.attempts;
       await new Promise((r) => setTimeout(r, 1000));
       expect(first.queue.status(archive.id)!.sinks.s3.attempts).toBe(attempts);

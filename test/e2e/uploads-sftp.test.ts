@@ -42,7 +42,7 @@ async function queueWith(extra: Partial<SftpSinkOptions> = {}) {
   cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }));
   const { log, lines } = recordingLogger();
   const sink = await SftpSink.create(sinkOptions(extra));
-  const queue = new UploadQueue({ dataDir, sinks: [sink], log, retry: { initialMs: 100, maxMs: 400 } });
+  const queue = new UploadQueue({ dataDir, sinks: [sink], log, retry: { initialMs: 250, maxMs: 500 } });
   cleanups.push(() => queue.close());
   return { dataDir, queue, lines };
 }
