@@ -35,6 +35,7 @@ if [[ $mode == --test || $mode == --bench ]]; then
     [slirp4netns]=/usr/bin/slirp4netns
     [containerd]=/usr/bin/containerd
     [gdb]=/usr/bin/gdb
+    [openssh-server]=/usr/sbin/sshd
   )
 fi
 if [[ $mode == --bench ]]; then
