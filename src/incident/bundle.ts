@@ -7,9 +7,9 @@
  * cleanIncompleteBundles clears it.
  */
 import { createHash } from 'node:crypto';
-import { constants as C, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { ensureDir, openRegular, readRegular } from '../buffer/datadir';
+import { createExclusive, ensureDir, openRegular, readRegular } from '../buffer/datadir';
 import { newWindowId } from '../buffer/freeze';
 import { readdirIfExists } from '../buffer/segment';
 import { AMBER_VERSION } from '../api/version';
@@ -145,7 +145,7 @@ export class BundleWriter {
   /** Writes `data` (bytes, or chunks streamed from a source) as a new artifact file and adds it. */
   async write(rel: string, kind: ArtifactKind, data: Buffer | string | AsyncIterable<Buffer>, pid?: number): Promise<Artifact> {
     const file = await this.pathFor(rel);
-    const fh = await fsp.open(file, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+    const fh = await createExclusive(file, 0o600);
     try {
       if (typeof data === 'string' || Buffer.isBuffer(data)) await fh.writeFile(data);
       else for await (const chunk of data) await fh.write(chunk);
@@ -280,7 +280,7 @@ export async function walkFiles(dir: string): Promise<WalkedFile[]> {
 }
 
 async function writeNew(file: string, data: Buffer): Promise<void> {
-  const fh = await fsp.open(file, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o400);
+  const fh = await createExclusive(file, 0o400);
   try {
     await fh.writeFile(data);
     await fh.sync();

@@ -7,11 +7,11 @@
  */
 import type { KeyObject } from 'node:crypto';
 import { createHash } from 'node:crypto';
-import { constants as C, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
-import { openRegular, readRegular } from '../buffer/datadir';
+import { createExclusive, openRegular, readRegular } from '../buffer/datadir';
 import { EVENTS_JSONL } from '../buffer/freeze';
 import { clean, columnsLayout, quoteArg } from '../cli/format';
 import type { AmberEvent } from '../sensor/events';
@@ -117,7 +117,7 @@ export async function inspectBundle(target: string, options: InspectOptions): Pr
  */
 async function extractEntry(entry: TarEntry, file: string): Promise<{ sha256: string; size: number }> {
   const hash = createHash('sha256');
-  const fh = await fsp.open(file, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+  const fh = await createExclusive(file, 0o600);
   try {
     for await (const part of entryParts(entry)) {
       if (part.data) {
