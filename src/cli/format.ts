@@ -154,7 +154,7 @@ function hostPort(addr: string, port: number): string {
 }
 
 /** Arguments quoted when they would read ambiguously. */
-function quoteArg(arg: string): string {
+export function quoteArg(arg: string): string {
   return arg === '' || /[\s"'\\]/.test(arg) || UNSAFE.test(arg) ? JSON.stringify(arg) : arg;
 }
 

@@ -137,6 +137,10 @@ export interface NativeFiles {
   lock(fd: number): boolean;
   /** lseek(SEEK_DATA): the first offset >= `offset` holding data, -1 when none. */
   seekData(fd: number, offset: number): number;
+  /** lseek(SEEK_HOLE): the first offset >= `offset` where a hole starts (the end counts), -1 when past the end. */
+  seekHole(fd: number, offset: number): number;
+  /** fgetxattr: the value, or null when the file (or its filesystem) has no such attribute. */
+  getxattr(fd: number, name: string): Buffer | null;
 }
 
 /** build/native/Release/amber_native.node, from src/ or from dist/src/. */
