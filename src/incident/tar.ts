@@ -389,6 +389,74 @@ export async function* readTar(input: AsyncIterable<Buffer | string> | Iterable<
   }
 }
 
+// ---------------------------------------------------------------- names as text
+
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+/** Code points shown escaped although valid: controls, and the bidi controls that make a name read as another. */
+function escapedCodePoint(cp: number): boolean {
+  return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp === 0x200e || cp === 0x200f || (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
+}
+
+/**
+ * A name's raw bytes as text, losslessly (unescapeName reverses it): valid
+ * UTF-8 kept as characters, "\" doubled, and every other byte (invalid
+ * UTF-8, controls such as a newline, bidi controls) as \xHH.
+ */
+export function escapeName(name: Buffer): string {
+  let out = '';
+  for (let i = 0; i < name.length; ) {
+    const c = name[i];
+    if (c === 0x5c) {
+      out += '\\\\';
+      i++;
+      continue;
+    }
+    const len = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    if (len > 0 && i + len <= name.length) {
+      let text: string | null = null;
+      try {
+        text = STRICT_UTF8.decode(name.subarray(i, i + len));
+      } catch {
+        text = null;
+      }
+      if (text !== null && !escapedCodePoint(text.codePointAt(0)!)) {
+        out += text;
+        i += len;
+        continue;
+      }
+    }
+    out += `\\x${c.toString(16).padStart(2, '0')}`;
+    i++;
+  }
+  return out;
+}
+
+/** The raw bytes escapeName's text stands for; throws on an escape it does not write. */
+export function unescapeName(text: string): Buffer {
+  const parts: Buffer[] = [];
+  let plain = '';
+  for (let i = 0; i < text.length; i++) {
+    if (text[i] !== '\\') {
+      plain += text[i];
+      continue;
+    }
+    parts.push(Buffer.from(plain, 'utf8'));
+    plain = '';
+    if (text[i + 1] === '\\') {
+      parts.push(Buffer.from([0x5c]));
+      i++;
+    } else if (text[i + 1] === 'x' && /^[0-9a-f]{2}$/.test(text.slice(i + 2, i + 4))) {
+      parts.push(Buffer.from([parseInt(text.slice(i + 2, i + 4), 16)]));
+      i += 3;
+    } else {
+      throw new Error(`not an escaped name: bad escape at ${i} in ${JSON.stringify(text)}`);
+    }
+  }
+  parts.push(Buffer.from(plain, 'utf8'));
+  return Buffer.concat(parts);
+}
+
 // ---------------------------------------------------------------- packDirectory
 
 export interface PackOptions {
