@@ -34,6 +34,7 @@ if [[ $mode == --test || $mode == --bench ]]; then
     [uidmap]=/usr/bin/newuidmap
     [slirp4netns]=/usr/bin/slirp4netns
     [containerd]=/usr/bin/containerd
+    [python3]=/usr/bin/python3
   )
 fi
 if [[ $mode == --bench ]]; then
