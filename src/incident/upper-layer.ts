@@ -268,7 +268,14 @@ function openChecked(at: Buffer, flags: number, seen: BigIntStats, rel: Buffer, 
     fd = openSync(at, flags);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    skip(rel, code === 'ELOOP' || code === 'ENOTDIR' ? 'swapped for another kind of file while the layer was read' : `cannot open: ${code ?? (err as Error).message}`);
+    skip(
+      rel,
+      code === 'ELOOP' || code === 'ENOTDIR'
+        ? 'swapped for another kind of file while the layer was read'
+        : code === 'ENOENT'
+          ? 'removed while the layer was read'
+          : `cannot open: ${code ?? (err as Error).message}`,
+    );
     return null;
   }
   const opened = fstatSync(fd, { bigint: true });
