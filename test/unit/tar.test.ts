@@ -9,6 +9,7 @@ import { execFileSync } from 'node:child_process';
 import fs, { closeSync, createReadStream, fstatSync, openSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { escapeName, planFile, packDirectory, readTar, TarFormatError, TarWriter, unescapeName, type TarEntry, type TarHeader } from '../../src/incident/tar';
@@ -281,6 +282,32 @@ describe('tar writer and reader', () => {
     closeSync(fd);
     const [entry] = await readAll(createReadStream(archive));
     expect(entry.content).toEqual(Buffer.concat([Buffer.alloc(1000, 'w'), Buffer.alloc(4000)]));
+  });
+
+  it('rejects when its output stream fails, and does not wait for a drain that never comes', async () => {
+    let taken = 0;
+    const out = new Writable({
+      highWaterMark: 1024,
+      write(chunk: Buffer, _enc, done) {
+        taken += chunk.length;
+        // the first writes are slow (the writer has to wait for drain), then the "disk" fails
+        setTimeout(() => done(taken > 8192 ? Object.assign(new Error('no space left'), { code: 'ENOSPC' }) : undefined), 5);
+      },
+    });
+    out.on('error', () => {});
+    const w = new TarWriter(out);
+    await expect(w.buffer(header('big'), Buffer.alloc(1 << 20, 1))).rejects.toThrow('no space left');
+    await expect(w.buffer(header('more'), Buffer.alloc(10))).rejects.toThrow('no space left');
+
+    // closed under the writer without an error (a consumer gone): no 'drain', no 'error', only 'close'
+    const closing = new Writable({
+      highWaterMark: 1024,
+      write(_chunk: Buffer, _enc, done) {
+        setTimeout(() => closing.destroy(), 5);
+        void done;
+      },
+    });
+    await expect(new TarWriter(closing).buffer(header('big'), Buffer.alloc(1 << 20, 1))).rejects.toThrow('the output stream closed');
   });
 
   it('refuses damaged archives with a TarFormatError naming the place', async () => {
