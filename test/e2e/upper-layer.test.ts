@@ -105,10 +105,13 @@ describe('upper layer capture (podman)', () => {
   it('captures what the container wrote, exactly, and nothing it points at', async () => {
     const archive = path.join(dir, 'upper-layer.tar');
     const logged: UpperLayerLogRecord[] = [];
+    const atimeBefore = fs.statSync(path.join(upperdir, 'tmp/random'), { bigint: true }).atimeNs;
     const result = await captureUpperLayer(upperdir, archive, { maxFileBytes: 2 * MIB, maxTotalBytes: 64 * MIB, log: (r) => logged.push(r) });
     expect(fs.statSync(archive).mode & 0o777).toBe(0o600);
     expect(result.bytes).toBe(fs.statSync(archive).size);
     expect(result.bytes).toBeLessThan(5 * MIB);
+    // read with O_NOATIME: the evidence's access time is what the container left
+    expect(fs.statSync(path.join(upperdir, 'tmp/random'), { bigint: true }).atimeNs).toBe(atimeBefore);
 
     const entries = await readArchive(archive);
     const byName = new Map(entries.map((e) => [e.name.toString('latin1'), e]));
