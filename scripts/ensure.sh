@@ -36,6 +36,7 @@ if [[ $mode == --test || $mode == --bench ]]; then
     [containerd]=/usr/bin/containerd
     [gdb]=/usr/bin/gdb
     [openssh-server]=/usr/sbin/sshd
+    [python3]=/usr/bin/python3
   )
 fi
 if [[ $mode == --bench ]]; then

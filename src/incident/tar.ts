@@ -8,7 +8,6 @@
  * data is found with SEEK_DATA/SEEK_HOLE. GNU tar, bsdtar and Python's tarfile
  * read what this writes; readTar reads it back for verify and the tests.
  */
-import { once } from 'node:events';
 import { constants as C, closeSync, fstatSync, lstatSync, openSync, read, readdirSync, promises as fsp } from 'node:fs';
 import { Writable } from 'node:stream';
 import { createGzip } from 'node:zlib';
@@ -260,12 +259,27 @@ export class TarWriter {
     const out = this.out;
     if (out instanceof Writable) {
       if (out.destroyed || out.errored) throw out.errored ?? new Error('tar: the output stream is closed');
-      if (!out.write(buf)) await once(out, 'drain');
+      if (!out.write(buf)) await drained(out);
     } else {
       for (let off = 0; off < buf.length; ) off += (await out.write(buf, off, buf.length - off, null)).bytesWritten;
     }
     this.bytes += buf.length;
   }
+}
+
+/** Resolves on 'drain'; rejects when the stream errors or closes first (a 'drain' that never comes would hang us). */
+function drained(out: Writable): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const settle = (err?: Error): void => {
+      out.off('drain', onDrain).off('error', onError).off('close', onClose);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onDrain = (): void => settle();
+    const onError = (err: Error): void => settle(err);
+    const onClose = (): void => settle(out.errored ?? new Error('tar: the output stream closed'));
+    out.on('drain', onDrain).on('error', onError).on('close', onClose);
+  });
 }
 
 // ---------------------------------------------------------------- reader
@@ -303,7 +317,6 @@ export class TarFormatError extends Error {
 /** Reads the entries of an archive (a pax tar as TarWriter writes it; also plain ustar): a stream, or Buffers. */
 export async function* readTar(input: AsyncIterable<Buffer | string> | Iterable<Buffer>): AsyncGenerator<TarEntry> {
   const src = new ByteSource(input);
-  let globalSeen = false;
   for (;;) {
     const at = src.offset;
     const block = await src.readMaybe(BLOCK);
@@ -319,14 +332,13 @@ export async function* readTar(input: AsyncIterable<Buffer | string> | Iterable<
       if (head.size > MAX_META_BYTES) throw new TarFormatError(`tar: pax header at byte ${at} is ${head.size} bytes (limit ${MAX_META_BYTES})`);
       const data = await src.read(head.size, 'pax header');
       await src.skip(padding(head.size));
+      // global records ('g'): never ours; their keys are not applied
       if (head.typeflag === 'x') pax = parsePax(data, at);
-      else globalSeen = true; // global records: none of ours; their keys are not applied
       const next = src.offset;
       const b = await src.readMaybe(BLOCK);
       if (b === null || isZero(b)) throw new TarFormatError(`tar: pax header at byte ${at} is not followed by an entry`);
       head = parseHeader(b, next);
     }
-    void globalSeen;
     let name = pax.get('GNU.sparse.name') ?? pax.get('path') ?? head.name;
     const linkname = pax.get('linkpath') ?? head.linkname;
     const storedSize = pax.has('size') ? paxNumber(pax, 'size', at) : head.size;
@@ -387,6 +399,74 @@ export async function* readTar(input: AsyncIterable<Buffer | string> | Iterable<
     await src.skip(state.left + totalPadding);
     state.left = 0;
   }
+}
+
+// ---------------------------------------------------------------- names as text
+
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+/** Code points shown escaped although valid: controls, and the bidi controls that make a name read as another. */
+function escapedCodePoint(cp: number): boolean {
+  return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp === 0x200e || cp === 0x200f || (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
+}
+
+/**
+ * A name's raw bytes as text, losslessly (unescapeName reverses it): valid
+ * UTF-8 kept as characters, "\" doubled, and every other byte (invalid
+ * UTF-8, controls such as a newline, bidi controls) as \xHH.
+ */
+export function escapeName(name: Buffer): string {
+  let out = '';
+  for (let i = 0; i < name.length; ) {
+    const c = name[i];
+    if (c === 0x5c) {
+      out += '\\\\';
+      i++;
+      continue;
+    }
+    const len = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    if (len > 0 && i + len <= name.length) {
+      let text: string | null = null;
+      try {
+        text = STRICT_UTF8.decode(name.subarray(i, i + len));
+      } catch {
+        text = null;
+      }
+      if (text !== null && !escapedCodePoint(text.codePointAt(0)!)) {
+        out += text;
+        i += len;
+        continue;
+      }
+    }
+    out += `\\x${c.toString(16).padStart(2, '0')}`;
+    i++;
+  }
+  return out;
+}
+
+/** The raw bytes escapeName's text stands for; throws on an escape it does not write. */
+export function unescapeName(text: string): Buffer {
+  const parts: Buffer[] = [];
+  let plain = '';
+  for (let i = 0; i < text.length; i++) {
+    if (text[i] !== '\\') {
+      plain += text[i];
+      continue;
+    }
+    parts.push(Buffer.from(plain, 'utf8'));
+    plain = '';
+    if (text[i + 1] === '\\') {
+      parts.push(Buffer.from([0x5c]));
+      i++;
+    } else if (text[i + 1] === 'x' && /^[0-9a-f]{2}$/.test(text.slice(i + 2, i + 4))) {
+      parts.push(Buffer.from([parseInt(text.slice(i + 2, i + 4), 16)]));
+      i += 3;
+    } else {
+      throw new Error(`not an escaped name: bad escape at ${i} in ${JSON.stringify(text)}`);
+    }
+  }
+  parts.push(Buffer.from(plain, 'utf8'));
+  return Buffer.concat(parts);
 }
 
 // ---------------------------------------------------------------- packDirectory
@@ -462,7 +542,11 @@ export async function packDirectory(dir: string, archivePath: string, options: P
         for await (const chunk of gzip as AsyncIterable<Buffer>) {
           for (let off = 0; off < chunk.length; ) off += (await fh.write(chunk, off, chunk.length - off, null)).bytesWritten;
         }
-      })();
+      })().catch((err: unknown) => {
+        // a failed write (disk full) stops the writer too: it may be waiting for 'drain'
+        gzip.destroy(err as Error);
+        throw err;
+      });
       try {
         await writeAll(gzip);
         gzip.end();

@@ -9,9 +9,10 @@ import { execFileSync } from 'node:child_process';
 import fs, { closeSync, createReadStream, fstatSync, openSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { planFile, packDirectory, readTar, TarFormatError, TarWriter, type TarEntry, type TarHeader } from '../../src/incident/tar';
+import { escapeName, planFile, packDirectory, readTar, TarFormatError, TarWriter, unescapeName, type TarEntry, type TarHeader } from '../../src/incident/tar';
 
 let dir: string;
 beforeEach(() => {
@@ -209,21 +210,34 @@ describe('tar writer and reader', () => {
       { offset: 5 * GIB, size: 4096 },
       { offset: 10 * GIB - 4096, size: 4096 },
     ]);
+    // a file that is all hole: no data, its size kept by the map's last (empty) segment
+    const holes = path.join(dir, 'holes');
+    fs.closeSync(fs.openSync(holes, 'wx'));
+    fs.truncateSync(holes, GIB);
+    const holesFd = openSync(holes, 'r');
+    const holesPlan = planFile(holesFd, GIB);
+    expect(holesPlan).toEqual({ size: GIB, segments: [{ offset: GIB, size: 0 }], dataBytes: 0, sparse: true, storedBytes: 512, truncated: false });
     const archive = path.join(dir, 'sparse.tar');
-    const bytes = await writeTar(archive, (w) => w.file(header('big/sparse'), fd, plan).then((r) => expect(r.changed).toBe(false)));
+    const bytes = await writeTar(archive, async (w) => {
+      expect(await w.file(header('big/sparse'), fd, plan)).toEqual({ changed: false });
+      await w.file(header('big/holes'), holesFd, holesPlan);
+    });
     closeSync(fd);
+    closeSync(holesFd);
     expect(bytes).toBeLessThan(64 * 1024);
 
-    const [entry] = await readAll(createReadStream(archive));
+    const [entry, allHoles] = await readAll(createReadStream(archive));
+    expect(allHoles).toMatchObject({ name: Buffer.from('big/holes'), size: GIB, sparse: [{ offset: GIB, size: 0 }], dataBytes: 0, content: Buffer.alloc(0) });
     expect(entry).toMatchObject({ name: Buffer.from('big/sparse'), type: 'file', size: 10 * GIB, sparse: plan.segments, dataBytes: 16384 });
     expect(entry.content!.subarray(0, 8192)).toEqual(places[0][1]);
     expect(entry.content!.subarray(8192, 8192 + 18).toString()).toBe('middle of the file');
     expect(entry.pax.get('GNU.sparse.realsize')?.toString()).toBe(String(10 * GIB));
 
-    expect(gnuTar('-tvf', archive)).toMatch(/ 10737418240 .* big\/sparse\n$/);
+    expect(gnuTar('-tvf', archive)).toMatch(/ 10737418240 .* big\/sparse\n.* 1073741824 .* big\/holes\n$/);
     const out = path.join(dir, 'out');
     fs.mkdirSync(out);
     gnuTar('-x', '-f', archive, '-C', out);
+    expect(fs.statSync(path.join(out, 'big/holes'))).toMatchObject({ size: GIB, blocks: 0 });
     const copy = path.join(out, 'big/sparse');
     expect(fs.statSync(copy).size).toBe(10 * GIB);
     expect(fs.statSync(copy).blocks * 512).toBeLessThan(1 << 20);
@@ -240,8 +254,8 @@ describe('tar writer and reader', () => {
       closeSync(copyFd);
     }
     // Python reads the same map
-    const py = execFileSync('python3', ['-c', 'import sys,tarfile\nm=tarfile.open(sys.argv[1]).next()\nprint(m.name, m.size, m.sparse)', archive], { encoding: 'utf8' });
-    expect(py.trim()).toBe(`big/sparse ${10 * GIB} [(4096, 8192), (${5 * GIB}, 4096), (${10 * GIB - 4096}, 4096)]`);
+    const py = execFileSync('python3', ['-c', 'import sys,tarfile\nfor m in tarfile.open(sys.argv[1]): print(m.name, m.size, m.sparse)', archive], { encoding: 'utf8' });
+    expect(py).toBe(`big/sparse ${10 * GIB} [(4096, 8192), (${5 * GIB}, 4096), (${10 * GIB - 4096}, 4096)]\nbig/holes ${GIB} [(${GIB}, 0)]\n`);
   });
 
   it('caps a file at maxDataBytes: the entry ends where the kept data ends', async () => {
@@ -268,6 +282,32 @@ describe('tar writer and reader', () => {
     closeSync(fd);
     const [entry] = await readAll(createReadStream(archive));
     expect(entry.content).toEqual(Buffer.concat([Buffer.alloc(1000, 'w'), Buffer.alloc(4000)]));
+  });
+
+  it('rejects when its output stream fails, and does not wait for a drain that never comes', async () => {
+    let taken = 0;
+    const out = new Writable({
+      highWaterMark: 1024,
+      write(chunk: Buffer, _enc, done) {
+        taken += chunk.length;
+        // the first writes are slow (the writer has to wait for drain), then the "disk" fails
+        setTimeout(() => done(taken > 8192 ? Object.assign(new Error('no space left'), { code: 'ENOSPC' }) : undefined), 5);
+      },
+    });
+    out.on('error', () => {});
+    const w = new TarWriter(out);
+    await expect(w.buffer(header('big'), Buffer.alloc(1 << 20, 1))).rejects.toThrow('no space left');
+    await expect(w.buffer(header('more'), Buffer.alloc(10))).rejects.toThrow('no space left');
+
+    // closed under the writer without an error (a consumer gone): no 'drain', no 'error', only 'close'
+    const closing = new Writable({
+      highWaterMark: 1024,
+      write(_chunk: Buffer, _enc, done) {
+        setTimeout(() => closing.destroy(), 5);
+        void done;
+      },
+    });
+    await expect(new TarWriter(closing).buffer(header('big'), Buffer.alloc(1 << 20, 1))).rejects.toThrow('the output stream closed');
   });
 
   it('refuses damaged archives with a TarFormatError naming the place', async () => {
@@ -327,5 +367,40 @@ describe('packDirectory', () => {
     execFileSync('mkfifo', [path.join(bundle, 'fifo')]);
     await expect(packDirectory(bundle, archive)).rejects.toThrow('fifo is not a regular file or directory');
     expect(fs.existsSync(archive)).toBe(false);
+  });
+});
+
+describe('escapeName', () => {
+  it.each([
+    [Buffer.from('tmp/plain name.txt'), 'tmp/plain name.txt'],
+    [Buffer.from('tmp/caf\u00e9-\u{1f600}'), 'tmp/caf\u00e9-\u{1f600}'],
+    [Buffer.from('two\nlines\ttab'), 'two\\x0alines\\x09tab'],
+    [Buffer.from([0x61, 0xff, 0xfe, 0x80]), 'a\\xff\\xfe\\x80'],
+    [Buffer.from('back\\slash and \\x41'), 'back\\\\slash and \\\\x41'],
+    [Buffer.from([0x7f]), '\\x7f'],
+    [Buffer.from('\u202eexe.txt'), '\\xe2\\x80\\xaeexe.txt'], // a bidi override shown, not obeyed
+    [Buffer.from([0xc0, 0xaf]), '\\xc0\\xaf'], // overlong '/'
+    [Buffer.from([0xed, 0xa0, 0x80]), '\\xed\\xa0\\x80'], // a UTF-16 surrogate
+    [Buffer.from([0x41, 0xe2, 0x82]), 'A\\xe2\\x82'], // cut short
+  ])('%j as %j, and back', (raw, text) => {
+    expect(escapeName(raw)).toBe(text);
+    expect(unescapeName(text)).toEqual(raw);
+  });
+
+  it('round-trips any bytes', () => {
+    let seed = 12345;
+    const next = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31);
+    for (let i = 0; i < 2000; i++) {
+      const raw = Buffer.from(Array.from({ length: next() % 24 }, () => (next() % 3 === 0 ? 0x80 + (next() % 0x80) : next() % 0x100)));
+      const text = escapeName(raw);
+      expect(JSON.parse(JSON.stringify(text))).toBe(text);
+      expect(unescapeName(text)).toEqual(raw);
+    }
+  });
+
+  it('refuses escapes it never writes', () => {
+    expect(() => unescapeName('a\\qb')).toThrow('bad escape at 1');
+    expect(() => unescapeName('a\\x4')).toThrow('bad escape');
+    expect(() => unescapeName('end\\')).toThrow('bad escape');
   });
 });
