@@ -282,6 +282,9 @@ export function envName(path: string[]): string {
   return `AMBER_${path.map((p) => p.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()).join('_')}`;
 }
 
+/** Lists an environment variable gives as "a, b, c". */
+const COMMA_LISTS = ['types', 'listen', 'redactEnv'];
+
 /** Every leaf option's path, for the environment overrides and the docs. */
 export function optionPaths(): string[][] {
   const paths: string[][] = [];
@@ -289,7 +292,9 @@ export function optionPaths(): string[][] {
     if (value && typeof value === 'object' && !Array.isArray(value)) {
       // a map of the user's own keys (detect.lists) has no leaves to name
       for (const [k, v] of Object.entries(value)) walk(v, [...prefix, k]);
-    } else paths.push(prefix);
+    } else if (!Array.isArray(value) || COMMA_LISTS.includes(prefix[prefix.length - 1])) {
+      paths.push(prefix); // other lists (incident.upload.sinks: objects) are the config file's alone
+    }
   };
   walk(configSchema.parse({}), []);
   return paths;
@@ -336,7 +341,7 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv; overr
   for (const path of optionPaths()) {
     const value = env[envName(path)];
     if (value === undefined) continue;
-    setPath(raw, path, ['types', 'listen', 'redactEnv'].includes(path[path.length - 1]) ? value.split(',').map((s) => s.trim()) : value);
+    setPath(raw, path, COMMA_LISTS.includes(path[path.length - 1]) ? value.split(',').map((s) => s.trim()) : value);
     const one = configSchema.safeParse(raw);
     if (!one.success) throw new ConfigError(describeIssues(one.error, `environment ${envName(path)}`));
   }
