@@ -11,6 +11,8 @@ ARG NODE_IMAGE=docker.io/library/node:24.21.0-bookworm-slim
 
 # --- build: the BPF objects and the native addon (cmake-js), the TypeScript
 FROM ${NODE_IMAGE} AS build
+# cmake-js takes Node's headers from the image's own Node (/usr/local/include/node), never downloading them
+ENV npm_config_nodedir=/usr/local
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       clang bpftool libbpf-dev libelf-dev zlib1g-dev pkg-config cmake make g++ protobuf-compiler \
@@ -19,9 +21,12 @@ WORKDIR /src
 COPY package.json package-lock.json ./
 # npm install, not npm ci, for the reason scripts/ensure.sh gives: it installs
 # what the lock pins and leaves the lock as it is. No install scripts: nothing
-# is downloaded from outside the npm registry (cmake-js takes Node-API's
-# headers from the node-api-headers package).
-RUN npm install --ignore-scripts --no-audit --no-fund
+# is downloaded from outside the npm registry. A build behind a TLS-inspecting
+# proxy passes its CA bundle as the secret `ca` (podman/docker build --secret
+# id=ca,src=FILE); it is mounted for this step only, never stored in a layer.
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export NODE_EXTRA_CA_CERTS=/run/secrets/ca; fi \
+ && npm install --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json ./
 COPY scripts/ensure.sh scripts/
 COPY bpf bpf/

