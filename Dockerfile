@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Amber's image: the agent (`amber agent`, the default command) and the CLI.
 # Deployed by manifests/ as a DaemonSet; docs/deploy.md tells how.
 #
@@ -39,7 +38,10 @@ RUN bash scripts/ensure.sh --build-only
 
 # --- production dependencies only
 FROM build AS prod-deps
-RUN npm prune --omit=dev --ignore-scripts --no-audit --no-fund
+# (npm looks up the lock's optional packages again: the same CA secret as above)
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export NODE_EXTRA_CA_CERTS=/run/secrets/ca; fi \
+ && npm prune --omit=dev --ignore-scripts --no-audit --no-fund
 
 # --- runtime
 FROM ${NODE_IMAGE}

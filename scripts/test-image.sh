@@ -85,7 +85,8 @@ say "building $image (podman build)"
 # --pull=never: the base is the stand-in above; the build reaches only the Debian and npm registries,
 # npm through the CA bundle this machine trusts (its npm's cafile), handed in as a build secret
 ca=$(npm config get cafile 2>/dev/null | grep -v '^null$' || true)
-podman build --pull=never --network=host ${ca:+--secret "id=ca,src=$ca"} -t "$image" -f Dockerfile . >build/test-image-build.log 2>&1 || {
+rm -f build/test-image.iid
+podman build --pull=never --network=host ${ca:+--secret "id=ca,src=$ca"} --iidfile build/test-image.iid -t "$image" -f Dockerfile . >build/test-image-build.log 2>&1 && [[ -s build/test-image.iid ]] || {
   tail -40 build/test-image-build.log >&2
   say "podman build failed (whole log: build/test-image-build.log)"
   exit 1

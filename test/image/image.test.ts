@@ -26,9 +26,10 @@ const tracingOnly = render(TRACING_ONLY);
 function runOptions(resources: Resource[], own: { data: string; run: string; etc?: string }): string[] {
   const spec = podSpec(find(resources, 'DaemonSet', 'amber'));
   const sc = spec.containers[0].securityContext;
-  const opts = ['--pid=host', '--network=none', '--read-only', '--tmpfs=/tmp', '--security-opt=seccomp=unconfined'];
-  // no default ulimits in the tests' containers.conf (we lack CAP_SYS_RESOURCE to raise any): name the one the agent wants
-  opts.push('--ulimit=nofile=65536:65536');
+  const opts = ['--pull=never', '--pid=host', '--network=none', '--read-only', '--tmpfs=/tmp', '--security-opt=seccomp=unconfined'];
+  // the limits podman itself has: any other value names limits we lack CAP_SYS_RESOURCE to set
+  // (podman then adds its own nproc and nofile defaults), and the tests' containers.conf sets none
+  opts.push('--ulimit=host');
   opts.push(...sc.capabilities.drop.map((c: string) => `--cap-drop=${c}`), ...sc.capabilities.add.map((c: string) => `--cap-add=${c}`));
   for (const m of hostPathMounts(resources)) {
     // the test's own dirs stand in for the node's data and socket dirs
