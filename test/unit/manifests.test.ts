@@ -76,13 +76,6 @@ const tracing = render(TRACING_ONLY);
 const CAPABILITIES = ['BPF', 'PERFMON', 'SYS_ADMIN', 'NET_ADMIN', 'SYS_PTRACE', 'DAC_READ_SEARCH'];
 const TRACING_CAPABILITIES = ['BPF', 'PERFMON', 'SYS_ADMIN', 'NET_ADMIN', 'DAC_READ_SEARCH'];
 
-/** The incident keys assumed until src/config.ts has them (the integrator's schema must accept exactly these). */
-const ASSUMED_INCIDENT = {
-  enabled: true,
-  signingKeyFile: '/etc/amber/signing/signing-key.pem',
-  sinks: { s3: { credentialsFile: '/etc/amber/sinks/s3-credentials' }, sftp: { privateKeyFile: '/etc/amber/sinks/sftp-key' } },
-};
-
 /** `p` is at or under `dir`. */
 function under(p: string, dir: string): boolean {
   return p === dir || p.startsWith(`${dir.replace(/\/$/, '')}/`);
@@ -95,8 +88,9 @@ function hostPathsUsed(config: Record<string, any>): string[] {
     const listener = parseListenAddress(l);
     if (listener.kind === 'unix') files.push(path.dirname(listener.path));
   }
-  if (config.incident?.enabled) {
-    files.push(config.incident.signingKeyFile, config.incident.sinks.s3.credentialsFile, config.incident.sinks.sftp.privateKeyFile);
+  if (config.incident.enabled) {
+    files.push(config.incident.signingKeyFile, config.incident.bpffs);
+    for (const sink of config.incident.upload.sinks) for (const [k, v] of Object.entries(sink)) if (k.endsWith('File')) files.push(v as string);
   }
   return [
     ...files,
@@ -181,11 +175,11 @@ describe('manifests', () => {
       const mounts = hostPathMounts(resources);
       for (const m of mounts) expect(m.mountPath, `${m.hostPath} is seen at its own path`).toBe(m.hostPath);
       const all = mountsOf(resources);
-      for (const used of hostPathsUsed(agentConfig(resources))) {
+      for (const used of hostPathsUsed(configSchema.parse(agentConfig(resources)))) {
         expect(all.some((m) => under(used, m.mountPath)), `${used} is mounted`).toBe(true);
       }
       const writable = mounts.filter((m) => !m.readOnly).map((m) => m.hostPath);
-      expect(writable).toEqual(resources === base ? ['/var/lib/amber', '/run/amber', '/sys/fs/cgroup'] : ['/var/lib/amber', '/run/amber']);
+      expect(writable).toEqual(resources === base ? ['/var/lib/amber', '/run/amber', '/sys/fs/cgroup', '/sys/fs/bpf'] : ['/var/lib/amber', '/run/amber']);
     }
     expect(mountsOf(base).filter((m) => m.source.startsWith('secret'))).toEqual([
       { mountPath: '/etc/amber/tls', source: 'secret amber-api-tls' },
@@ -195,12 +189,12 @@ describe('manifests', () => {
     expect(mountsOf(tracing).filter((m) => m.source.startsWith('secret'))).toEqual([{ mountPath: '/etc/amber/tls', source: 'secret amber-api-tls' }]);
   });
 
-  it("ships a config the agent's schema accepts, with the incident keys assumed, and the default rules", () => {
+  it("ships a config the agent's schema accepts, incidents on (tracing-only: off), and the default rules", () => {
     const config = agentConfig(base);
     const { incident, ...rest } = config;
-    // until src/config.ts has the incident section, it is checked against the keys assumed here
-    expect(incident).toEqual(ASSUMED_INCIDENT);
-    const parsed = configSchema.parse(rest);
+    const parsed = configSchema.parse(config);
+    expect(parsed.incident).toMatchObject({ enabled: true, signingKeyFile: '/etc/amber/signing/signing-key.pem', upload: { sinks: [] } });
+    expect(incident.enabled).toBe(true);
     expect(parsed.api.listen).toEqual(['unix:///run/amber/amber.sock', `tcp://0.0.0.0:${K8S_DEFAULTS.port}`]);
     expect(parsed.metrics.listen).toBe('0.0.0.0:9464');
     const tracingConfig = agentConfig(tracing);
