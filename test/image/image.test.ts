@@ -44,6 +44,7 @@ function runOptions(resources: Resource[], own: { data: string; run: string; etc
     fs.writeFileSync(path.join(own.etc, 'rules.yaml'), configMap.data['rules.yaml']);
     opts.push(`--volume=${own.etc}/config.yaml:/etc/amber/config.yaml:ro`, `--volume=${own.etc}/rules.yaml:/app/rules/default.yaml:ro`);
     opts.push(`--volume=${own.etc}/tls:/etc/amber/tls:ro`);
+    opts.push(`--volume=${own.etc}/signing:/etc/amber/signing:ro`);
   }
   return opts;
 }
@@ -120,6 +121,10 @@ describe('the image, run as the DaemonSet runs it', () => {
   it("starts the agent with the ConfigMap's config, and the DaemonSet's probe finds it SERVING", async () => {
     const own = { data: fs.mkdtempSync(path.join(work, 'data-')), run: fs.mkdtempSync(path.join(work, 'run-')), etc: fs.mkdtempSync(path.join(work, 'etc-')) };
     makeTls(path.join(own.etc, 'tls'));
+    // the amber-signing-key Secret: an Ed25519 key, mode 0400 (the DaemonSet's defaultMode)
+    fs.mkdirSync(path.join(own.etc, 'signing'));
+    execFileSync('openssl', ['genpkey', '-algorithm', 'ed25519', '-out', path.join(own.etc, 'signing', 'signing-key.pem')]);
+    fs.chmodSync(path.join(own.etc, 'signing', 'signing-key.pem'), 0o400);
     const name = uniqueName('amber-image-agent');
     started.push(name);
     const ds = find(base, 'DaemonSet', 'amber');
@@ -142,6 +147,9 @@ describe('the image, run as the DaemonSet runs it', () => {
     expect(fs.statSync(path.join(own.run, 'amber.sock')).isSocket()).toBe(true);
     const status = JSON.parse(await podman('exec', name, 'amber', 'status', '-o', 'json')) as { node: string };
     expect(status.node).toBe('image-test-node');
+    // the bundle key is the Secret's: its public half published in the data dir
+    const pub = execFileSync('openssl', ['pkey', '-in', path.join(own.etc, 'signing', 'signing-key.pem'), '-pubout'], { encoding: 'utf8' });
+    expect(fs.readFileSync(path.join(own.data, 'keys', 'signing-key.pub.pem'), 'utf8')).toBe(pub);
     await podman('stop', '-t', '30', name);
     expect(await podman('inspect', '-f', '{{.State.ExitCode}}', name)).toBe('0');
     // the buffer it wrote is in the node's data dir
