@@ -192,7 +192,8 @@ export class BundleWriter {
    * deleted) when the directory holds a file that was not added or an added
    * file's size changed since.
    */
-  async finish(fields: ManifestFields, key: SigningKey): Promise<FinishedBundle> {
+  /** Signs the bundle; packs <id>.tar.gz unless `pack` is false (the caller packs later: packBundle). */
+  async finish(fields: ManifestFields, key: SigningKey, options: { pack?: boolean } = {}): Promise<FinishedBundle> {
     this.checkOpen();
     const onDisk = await walkFiles(this.dir);
     const unlisted = onDisk.filter((f) => !this.artifacts.has(f.path) || f.type !== 'file');
@@ -217,7 +218,7 @@ export class BundleWriter {
     const finalDir = path.join(this.incidentsDir, this.id);
     await fsp.rename(this.dir, finalDir);
     this.finished = true;
-    const archive = await packBundle(this.incidentsDir, this.id);
+    const archive = options.pack === false ? path.join(this.incidentsDir, this.id + ARCHIVE_SUFFIX) : await packBundle(this.incidentsDir, this.id);
     return { id: this.id, dir: finalDir, archive, manifest: JSON.parse(bytes.toString('utf8')) as Manifest, manifestBytes: bytes };
   }
 

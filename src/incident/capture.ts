@@ -7,7 +7,7 @@
  * a step that fails is logged and the capture goes on: a partial bundle,
  * signed, beats none.
  */
-import { createReadStream, promises as fsp } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import * as path from 'node:path';
 import type { EventBuffer } from '../buffer';
 import { EVENTS_JSONL, EVENTS_MSGPACK, FROZEN_DIR } from '../buffer/freeze';
@@ -44,6 +44,8 @@ export interface CaptureOptions {
   executableMaxBytes: number;
   redactEnv: readonly string[];
   procRoot?: string;
+  /** The cgroup v2 mount (the container's processes are its cgroup's). */
+  cgroupRoot?: string;
   /** Processes described (facts, executables) at most. */
   maxProcesses: number;
 }
@@ -67,6 +69,7 @@ export interface CaptureParts {
   key: SigningKey;
 }
 
+/** The signed, verified bundle directory; `archive` is where packBundle will put it. */
 export interface CaptureResult extends FinishedBundle {
   /** What the capture skipped or could not do (also in the log artifact). */
   problems: string[];
@@ -115,7 +118,7 @@ export async function capture(bundle: BundleWriter, target: CaptureTarget, optio
   // the processes: the trigger's first, then (allProcesses) the rest of the container's tree
   const tree = await step('process-tree', async () => {
     if (!target.containerId || !target.metadata?.initPid) return [];
-    const t = await containerProcessTree({ initPid: target.metadata.initPid }, { procRoot });
+    const t = await containerProcessTree({ initPid: target.metadata.initPid }, { procRoot, cgroupRoot: options.cgroupRoot });
     for (const e of t.errors) log({ step: 'process-tree', msg: 'partial', error: e });
     return t.tree;
   });
@@ -223,11 +226,11 @@ export async function capture(bundle: BundleWriter, target: CaptureTarget, optio
       window: { ...windowFields, beforeMs: options.beforeMs, afterMs: options.afterMs },
     },
     parts.key,
+    { pack: false }, // the caller packs the archive after the responses: it is for shipping, the directory is the evidence
   );
   // a bundle is handed over verified: every hash and the signature read back from disk
   const check = await verifyBundle(finished.dir, parts.key.publicKeyPem);
   if (!check.ok) throw new Error(`bundle ${finished.id} does not verify after writing: ${JSON.stringify(check.problems)}`);
-  await fsp.access(finished.archive);
   return { ...finished, problems, durationMs: Date.now() - started, frozenMs, dumpedBytes };
 }
 

@@ -15,7 +15,7 @@ import type { ContainerMetadata, ContainerMetadataStore } from '../containers/me
 import type { DetectorHandle } from '../detect/detector';
 import type { Response, RuleSet } from '../detect/rules';
 import type { AlertEvent, DriftEvent } from '../sensor/events';
-import { BundleWriter, cleanIncompleteBundles, fileChunks, hashStream, listBundles } from './bundle';
+import { BundleWriter, cleanIncompleteBundles, fileChunks, hashStream, listBundles, packBundle } from './bundle';
 import { capture, type CaptureOptions } from './capture';
 import { CgroupFreezer, cgroupsOf, type FrozenCgroup } from './freezer';
 import {
@@ -247,7 +247,6 @@ export class IncidentManager implements Incidents {
         { dataDir: this.o.dataDir, node: this.o.node, version: this.o.version, buffer: this.o.buffer, freezer: this.o.freezer ?? null, key: this.o.key },
       );
       incident.state = 'complete';
-      incident.bytes = (await fsp.stat(result.archive)).size;
       this.counts.captured++;
       this.o.log.info({
         event: 'incident',
@@ -255,11 +254,14 @@ export class IncidentManager implements Incidents {
         durationMs: result.durationMs,
         frozenMs: result.frozenMs,
         dumpedBytes: result.dumpedBytes,
-        archive: result.archive,
-        bytes: incident.bytes,
+        dir: result.dir,
         problems: result.problems,
       }, 'incident: bundle signed and verified');
       await this.respond(incident);
+      const packStarted = Date.now();
+      await packBundle(path.join(this.o.dataDir, INCIDENTS_DIR), incident.id);
+      incident.bytes = (await fsp.stat(result.archive)).size;
+      this.o.log.info({ event: 'incident', id: incident.id, archive: result.archive, bytes: incident.bytes, packMs: Date.now() - packStarted }, 'incident: archive packed');
       if (this.o.uploads) {
         const sha256 = await sha256File(result.archive);
         await this.o.uploads.enqueue(incident.id, result.archive, { size: incident.bytes, sha256 });

@@ -69,6 +69,7 @@ export async function startIncidents(config: IncidentConfig, parts: IncidentPart
       executableMaxBytes: config.executableMaxBytes,
       redactEnv: config.redactEnv,
       maxProcesses: config.maxProcesses,
+      cgroupRoot: parts.cgroupRoot,
     },
     limits: {
       joinWindowMs: config.joinWindow,

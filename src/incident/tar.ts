@@ -536,7 +536,8 @@ export async function packDirectory(dir: string, archivePath: string, options: P
       await tar.finish();
     };
     if (options.gzip) {
-      const gzip = createGzip();
+      // the fastest level: the archive is for shipping; most of a bundle (cores) compresses either way or not at all
+      const gzip = createGzip({ level: 1 });
       // not fh.createWriteStream: with autoClose off, fh.close() then waits forever (Node 20)
       const done = (async () => {
         for await (const chunk of gzip as AsyncIterable<Buffer>) {

@@ -74,7 +74,7 @@ describe('incidents (agent, podman)', () => {
     for (;;) {
       const found = (await agent!.incidents!.list()).filter(match);
       if (found.length > 1) throw new Error(`${found.length} incidents for ${what}`);
-      if (found[0]?.state === 'complete') return found[0];
+      if (found[0]?.state === 'complete' && found[0].bytes > 0) return found[0]; // signed, verified and packed
       if (found[0]?.state === 'failed') throw new Error(`incident for ${what} failed: ${found[0].error}`);
       if (Date.now() > deadline) throw new Error(`no complete incident for ${what}: ${JSON.stringify(found)}`);
       await new Promise((r) => setTimeout(r, 200));
@@ -125,6 +125,13 @@ describe('incidents (agent, podman)', () => {
     const openssl = execFileSync('openssl', ['pkeyutl', '-verify', '-pubin', '-inkey', pub, '-rawin', '-in', path.join(bundleDir(s.id), 'manifest.json'), '-sigfile', path.join(bundleDir(s.id), 'manifest.sig')], { encoding: 'utf8' });
     expect(openssl.trim()).toBe('Signature Verified Successfully');
     expect(frozenState(container.pid)).toBe('0');
+    // container.json: the metadata and the process tree: the init, and the dropped binary (podman exec'd: its parent is outside)
+    const facts = JSON.parse(fs.readFileSync(path.join(bundleDir(s.id), 'container.json'), 'utf8'));
+    expect(facts.metadata).toMatchObject({ containerId: container.id, runtime: 'podman', initPid: container.pid });
+    expect(facts.tree.map((n: { pid: number; exePath: string; children: unknown[] }) => [n.pid, n.exePath, n.children.length])).toEqual([
+      [container.pid, '/bin/busybox', 0],
+      [pid, '/tmp/kit/sleep', 0],
+    ]);
     // a second drift in the same container within the join window joins the incident
     await podman('exec', '-d', container.id, '/tmp/kit/sleep', '301');
     const deadline = Date.now() + 20_000;
