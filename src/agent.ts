@@ -14,6 +14,8 @@ import { ContainerMetadataStore } from './containers/metadata';
 import { fieldsLookup, MetadataDir } from './containers/metadata-dir';
 import { type DetectorHandle, startDetector } from './detect/detector';
 import { loadRules } from './detect/rules';
+import type { IncidentManager } from './incident/manager';
+import { startIncidents } from './incident/setup';
 import { Pipeline } from './pipeline/pipeline';
 import { preflight } from './sensor/preflight';
 import { countTotal, Sensor, type SensorStats } from './sensor/sensor';
@@ -31,6 +33,8 @@ export interface Agent {
   readonly containers: ContainerMetadataStore;
   /** Drift and the rules: a pipeline subscriber publishing its findings back into the pipeline (undefined when detect.enabled is off). */
   readonly detector: DetectorHandle | undefined;
+  /** Incident capture into signed bundles (undefined when incident.enabled is off). */
+  readonly incidents: IncidentManager | undefined;
   /** Stops the sensor, writes what it delivered, closes the buffer. Idempotent. */
   close(): Promise<void>;
 }
@@ -55,6 +59,7 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
   let sensor: Sensor;
   let containers: ContainerMetadataStore | undefined;
   let detector: DetectorHandle | undefined;
+  let incidents: IncidentManager | undefined;
   try {
     // what the sensor needs, checked (and named) first; its cgroup v2 root is shared with the metadata store
     const { cgroupRoot } = preflight({ needCgroupSkb: config.sensor.types.includes('dns') });
@@ -77,6 +82,10 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
           log: (obj, msg) => log.warn({ event: 'detector', ...obj }, msg),
         })
       : undefined;
+    // before the sensor: what a previous run left frozen is thawed first
+    if (config.incident.enabled) {
+      incidents = await startIncidents(config.incident, { dataDir: config.dataDir, node: config.nodeName, cgroupRoot, buffer, containers, rules, detector, log });
+    }
     sensor = await Sensor.start(
       {
         cgroupRoot,
@@ -91,6 +100,7 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
       pipeline.publish,
     );
   } catch (err) {
+    await incidents?.close();
     detector?.close();
     containers?.close();
     await buffer.close();
@@ -99,12 +109,13 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
   let api: ApiServer | undefined;
   let metrics: Metrics | undefined;
   try {
-    const parts = { pipeline, buffer, sensor };
+    const parts = { pipeline, buffer, sensor, incidents };
     if (config.metrics.listen) metrics = await startMetrics(config.metrics.listen, parts, () => api?.activeStreams() ?? 0);
     api = await startApiServer(parts, { ...config.api, nodeName: config.nodeName }, (level, obj, msg) => log[level](obj, msg), metrics?.observeRequest);
   } catch (err) {
     await metrics?.close();
     await sensor.stop();
+    await incidents?.close();
     detector?.close();
     pipeline.close();
     containers.close();
@@ -125,6 +136,7 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
       stalls: s.stalls,
       subscribers: pipeline.stats().subscribers,
       detector: detector?.stats(),
+      incidents: incidents?.stats(),
       buffer: { segments: b.segments, bytes: b.bytes, events: b.events, memoryEvents: b.memoryEvents, droppedEvents: b.droppedEvents, writeError: b.writeError },
     };
     if (drops > lastDrops) log.warn(fields, 'the ring buffer was full: events were dropped (counted per type)');
@@ -143,6 +155,7 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
     metrics,
     containers,
     detector,
+    incidents,
     close: () => {
       closing ??= (async () => {
         clearInterval(statsTimer);
@@ -150,6 +163,8 @@ export async function startAgent(config: AmberConfig, log: Logger): Promise<Agen
         await sensor.stop();
         await detector?.settled(); // the findings under way reach the buffer
         detector?.close();
+        // the captures under way finish (their windows end at most incident.window.after later); freezes are thawed
+        await incidents?.close();
         pipeline.close(); // ends the Trace streams, with their trailers
         await api.close();
         await metrics?.close();

@@ -10,6 +10,7 @@ import { z } from 'zod';
 import { DEFAULTS, RANGES, type Range } from './defaults';
 import { parseDurationMs } from './time';
 import { defaultRulesFile } from './detect/rules';
+import { DEFAULT_PROCESS_FACTS } from './incident/process-facts';
 import { SENSOR_EVENT_TYPES } from './sensor/events';
 
 const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1000, kib: 1024, m: 1024 ** 2, mb: 1e6, mib: 1024 ** 2, g: 1024 ** 3, gb: 1e9, gib: 1024 ** 3 };
@@ -130,6 +131,109 @@ const detectSchema = z
   })
   .strict();
 
+const s3SinkSchema = z
+  .object({
+    type: z.literal('s3'),
+    name: z.string().min(1).optional(),
+    endpoint: z.string().url().optional(),
+    region: z.string().min(1).optional(),
+    bucket: z.string().min(1),
+    prefix: z.string().optional(),
+    accessKeyIdFile: z.string().min(1).optional(),
+    accessKeyIdEnv: z.string().min(1).optional(),
+    secretAccessKeyFile: z.string().min(1).optional(),
+    secretAccessKeyEnv: z.string().min(1).optional(),
+    sessionTokenFile: z.string().min(1).optional(),
+    forcePathStyle: flag.optional(),
+    partSize: size(RANGES.incident.partSize).optional(),
+    partConcurrency: count({ min: 1, max: 16, text: '1 to 16', integer: true }).optional(),
+    requestTimeout: duration(RANGES.incident.timeout).optional(),
+    connectTimeout: duration(RANGES.incident.timeout).optional(),
+    objectLock: z
+      .object({ mode: z.enum(['GOVERNANCE', 'COMPLIANCE']), retainDays: count({ min: 1, max: 36_500, text: '1 to 36500', integer: true }) })
+      .strict()
+      .optional(),
+  })
+  .strict();
+
+const sftpSinkSchema = z
+  .object({
+    type: z.literal('sftp'),
+    name: z.string().min(1).optional(),
+    host: z.string().min(1),
+    port: count({ min: 1, max: 65_535, text: '1 to 65535', integer: true }).optional(),
+    username: z.string().min(1),
+    privateKeyFile: z.string().min(1).optional(),
+    passphraseFile: z.string().min(1).optional(),
+    passwordFile: z.string().min(1).optional(),
+    hostKeyFingerprints: z.array(z.string().min(1)).optional(),
+    acceptAnyHostKey: flag.optional(),
+    remoteDir: z.string().startsWith('/'),
+    verify: z.enum(['sha256', 'size']).optional(),
+    readyTimeout: duration(RANGES.incident.timeout).optional(),
+    keepaliveInterval: duration(RANGES.incident.timeout).optional(),
+    keepaliveCountMax: count({ min: 1, max: 100, text: '1 to 100', integer: true }).optional(),
+  })
+  .strict();
+
+const D = DEFAULTS.incident;
+const R = RANGES.incident;
+
+/** Incidents (src/incident): evidence capture into signed bundles, uploads, responses. */
+const incidentSchema = z
+  .object({
+    /** Off: no incidents (drift and rules still make findings). */
+    enabled: flag.default(true),
+    /** The Ed25519 signing key (PEM PKCS#8, owner-only); none: generated on first start in <dataDir>/keys/. */
+    signingKeyFile: z.string().min(1).optional(),
+    window: z
+      .object({ before: duration(R.before).default(D.beforeMs), after: duration(R.after).default(D.afterMs) })
+      .strict()
+      .default({ before: D.beforeMs, after: D.afterMs }),
+    joinWindow: duration(R.joinWindow).default(D.joinWindowMs),
+    maxConcurrent: count(R.maxConcurrent).default(D.maxConcurrent),
+    maxQueued: count(R.maxQueued).default(D.maxQueued),
+    maxPerHour: count(R.maxPerHour).default(D.maxPerHour),
+    memory: z
+      .object({
+        enabled: flag.default(true),
+        allProcesses: flag.default(false),
+        maxBytes: size(R.memoryMaxBytes).default(D.memoryMaxBytes),
+        freeze: flag.default(true),
+      })
+      .strict()
+      .default({ enabled: true, allProcesses: false, maxBytes: D.memoryMaxBytes, freeze: true }),
+    upperLayer: z
+      .object({ maxFileBytes: size(R.fileBytes).default(D.upperLayerMaxFileBytes), maxTotalBytes: size(R.fileBytes).default(D.upperLayerMaxTotalBytes) })
+      .strict()
+      .default({ maxFileBytes: D.upperLayerMaxFileBytes, maxTotalBytes: D.upperLayerMaxTotalBytes }),
+    executableMaxBytes: size(R.fileBytes).default(D.executableMaxBytes),
+    maxProcesses: count(R.maxProcesses).default(D.maxProcesses),
+    /** environ keys whose values are replaced by "[redacted]" (case-insensitive globs). */
+    redactEnv: z.array(z.string().min(1)).default([...DEFAULT_PROCESS_FACTS.redactEnv]),
+    retention: z
+      .object({ maxBytes: size(R.fileBytes).default(D.retentionMaxBytes), maxCount: count(R.retentionMaxCount).default(D.retentionMaxCount) })
+      .strict()
+      .default({ maxBytes: D.retentionMaxBytes, maxCount: D.retentionMaxCount }),
+    upload: z
+      .object({
+        retry: z
+          .object({
+            initialDelay: duration(R.uploadDelay).default(D.uploadInitialDelayMs),
+            maxDelay: duration(R.uploadDelay).default(D.uploadMaxDelayMs),
+            maxAttempts: count(R.uploadMaxAttempts).optional(),
+          })
+          .strict()
+          .default({ initialDelay: D.uploadInitialDelayMs, maxDelay: D.uploadMaxDelayMs }),
+        sinks: z.array(z.discriminatedUnion('type', [s3SinkSchema, sftpSinkSchema])).default([]),
+      })
+      .strict()
+      .default({ retry: { initialDelay: D.uploadInitialDelayMs, maxDelay: D.uploadMaxDelayMs }, sinks: [] }),
+    /** Where network cuts are pinned (bpffs; mounted there when missing). */
+    bpffs: z.string().min(1).default('/sys/fs/bpf'),
+  })
+  .strict();
+
 const metricsSchema = z
   .object({
     /** host:port of the Prometheus endpoint (GET /metrics); "" (the default): off. */
@@ -150,6 +254,7 @@ export const configSchema = z
     api: apiSchema.default(apiSchema.parse({})),
     metrics: metricsSchema.default(metricsSchema.parse({})),
     detect: detectSchema.default(detectSchema.parse({})),
+    incident: incidentSchema.default(incidentSchema.parse({})),
   })
   .strict();
 
@@ -177,6 +282,9 @@ export function envName(path: string[]): string {
   return `AMBER_${path.map((p) => p.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()).join('_')}`;
 }
 
+/** Lists an environment variable gives as "a, b, c". */
+const COMMA_LISTS = ['types', 'listen', 'redactEnv'];
+
 /** Every leaf option's path, for the environment overrides and the docs. */
 export function optionPaths(): string[][] {
   const paths: string[][] = [];
@@ -184,7 +292,9 @@ export function optionPaths(): string[][] {
     if (value && typeof value === 'object' && !Array.isArray(value)) {
       // a map of the user's own keys (detect.lists) has no leaves to name
       for (const [k, v] of Object.entries(value)) walk(v, [...prefix, k]);
-    } else paths.push(prefix);
+    } else if (!Array.isArray(value) || COMMA_LISTS.includes(prefix[prefix.length - 1])) {
+      paths.push(prefix); // other lists (incident.upload.sinks: objects) are the config file's alone
+    }
   };
   walk(configSchema.parse({}), []);
   return paths;
@@ -231,7 +341,7 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv; overr
   for (const path of optionPaths()) {
     const value = env[envName(path)];
     if (value === undefined) continue;
-    setPath(raw, path, ['types', 'listen'].includes(path[path.length - 1]) ? value.split(',').map((s) => s.trim()) : value);
+    setPath(raw, path, COMMA_LISTS.includes(path[path.length - 1]) ? value.split(',').map((s) => s.trim()) : value);
     const one = configSchema.safeParse(raw);
     if (!one.success) throw new ConfigError(describeIssues(one.error, `environment ${envName(path)}`));
   }

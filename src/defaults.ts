@@ -68,6 +68,26 @@ export const DEFAULTS = {
     /** Pinned files waiting to be hashed at most; more are not hashed ("hash queue full"). */
     hashMaxPending: 256,
   },
+  incident: {
+    /** The frozen window around the trigger. */
+    beforeMs: 10 * MINUTE,
+    afterMs: 10 * SECOND,
+    /** Triggers for a container with an incident opened less than this ago join it. */
+    joinWindowMs: 10 * MINUTE,
+    maxConcurrent: 2,
+    maxQueued: 16,
+    maxPerHour: 60,
+    memoryMaxBytes: 2 * GiB,
+    upperLayerMaxFileBytes: 64 * MiB,
+    upperLayerMaxTotalBytes: 1 * GiB,
+    executableMaxBytes: 256 * MiB,
+    /** Processes described (facts, executables, cores with allProcesses) per incident. */
+    maxProcesses: 64,
+    retentionMaxBytes: 10 * GiB,
+    retentionMaxCount: 100,
+    uploadInitialDelayMs: 5 * SECOND,
+    uploadMaxDelayMs: 10 * MINUTE,
+  },
 } as const;
 
 export interface Range {
@@ -111,6 +131,22 @@ export const RANGES = {
   detect: {
     maxAlertsPerRulePerSecond: { min: 1, max: 1_000_000, text: '1 to 1000000', integer: true },
     hashMaxBytes: { min: 0, max: 64 * GiB, text: '0 to 64GiB', integer: true },
+  },
+  incident: {
+    before: { min: 0, max: DAY, text: '0 to 24h' },
+    after: { min: 0, max: HOUR, text: '0 to 1h' },
+    joinWindow: { min: 0, max: DAY, text: '0 to 24h' },
+    maxConcurrent: { min: 1, max: 64, text: '1 to 64', integer: true },
+    maxQueued: { min: 0, max: 10_000, text: '0 to 10000', integer: true },
+    maxPerHour: { min: 1, max: 100_000, text: '1 to 100000', integer: true },
+    memoryMaxBytes: { min: 0, max: 1 * TiB, text: '0 to 1TiB', integer: true },
+    fileBytes: { min: 0, max: 1 * TiB, text: '0 to 1TiB', integer: true },
+    maxProcesses: { min: 1, max: 100_000, text: '1 to 100000', integer: true },
+    retentionMaxCount: { min: 1, max: 100_000, text: '1 to 100000', integer: true },
+    uploadDelay: { min: 100, max: DAY, text: '100ms to 24h' },
+    uploadMaxAttempts: { min: 1, max: 1_000_000, text: '1 to 1000000', integer: true },
+    partSize: { min: 5 * MiB, max: 5 * GiB, text: '5MiB to 5GiB', integer: true },
+    timeout: { min: 100, max: HOUR, text: '100ms to 1h' },
   },
   /** `amber trace --timeout`: one timer. */
   traceTimeout: { min: 1, max: 24 * DAY, text: '1ms to 24d' },

@@ -230,6 +230,11 @@ export class ContainerMetadataStore {
     return this.entries.get(containerId);
   }
 
+  /** Every container known now (running or recently gone). */
+  all(): ContainerMetadata[] {
+    return [...this.entries.values()];
+  }
+
   /** Resolves when every lookup in progress now is done (each is bounded by the call timeout). */
   async idle(): Promise<void> {
     await Promise.allSettled([...this.pending.values()]);

@@ -22,6 +22,10 @@ export function defaultRulesFile(): string {
 }
 
 export const ACTIONS = ['record', 'alert', 'incident'] as const satisfies readonly Action[];
+
+/** Responses an incident rule may ask for, after the capture: freeze the container, kill it, or cut its network. */
+export const RESPONSES = ['freeze', 'kill', 'cut-network'] as const;
+export type Response = (typeof RESPONSES)[number];
 const ACTION_RANK: Record<Action, number> = { record: 0, alert: 1, incident: 2 };
 
 /** A list of globs (or CIDRs, ports): one string is a list of one; "$name" expands the named list. */
@@ -96,8 +100,11 @@ const ruleSchema = z
     match: matchSchema,
     /** Allow list: a match that also matches one of these is suppressed. */
     except: z.array(matchSchema).optional(),
+    /** What the incident it opens does to the container after the capture (action incident only; none by default). */
+    respond: z.array(z.enum(RESPONSES)).optional(),
   })
-  .strict();
+  .strict()
+  .refine((r) => !r.respond?.length || r.action === 'incident', { message: 'respond needs action: incident', path: ['respond'] });
 
 const fileSchema = z
   .object({
@@ -141,6 +148,8 @@ export interface RuleSet {
   evaluate(ev: AmberEvent, ctx: RuleContext): Decision | null;
   /** Whether any rule looks at events of this type. */
   wants(type: EventType): boolean;
+  /** The responses the named rules ask for together, in RESPONSES order. */
+  responses(ruleNames: readonly string[]): Response[];
 }
 
 export interface CompileOptions {
@@ -189,10 +198,12 @@ export function compileRules(yamlText: string, fileName: string, options: Compil
   const byType = new Map<string, CompiledRule[]>();
   for (const t of EVENT_TYPES) byType.set(t, rules.filter((r) => r.types.includes(t)));
   const names = rules.map((r) => r.name);
+  const respond = new Map(parsed.data.rules.map((r) => [r.name, r.respond ?? []]));
   return {
     file: fileName,
     names,
     wants: (type) => (byType.get(type)?.length ?? 0) > 0,
+    responses: (ruleNames) => RESPONSES.filter((k) => ruleNames.some((n) => respond.get(n)?.includes(k))),
     evaluate(ev, ctx) {
       const candidates = byType.get(ev.type);
       if (candidates === undefined) return null;

@@ -7,7 +7,6 @@
  * process, leaves a container frozen once recover() has run.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -19,19 +18,12 @@ import { CgroupFreezer, cgroupsOf, FROZEN_DIR, type FrozenCgroup } from '../../s
 import { INCIDENTS_DIR } from '../../src/incident/manifest';
 import { dumpProcessMemory, type MapsFile, type MemoryRegion } from '../../src/incident/memory';
 import { findCgroup2Root } from '../../src/sensor/preflight';
-import { ensureTestImage, podman, TEST_IMAGE, uniqueName } from '../helpers/podman';
+import { buildHolder, gdb, type Holder, startHolder as startHolderIn } from '../helpers/memory-holder';
+import { ensureTestImage, podman } from '../helpers/podman';
 
 const V2_ROOT = findCgroup2Root(fs.readFileSync('/proc/self/mountinfo', 'utf8'), false);
 const V1_ROOT = '/sys/fs/cgroup/freezer';
 const MiB = 1 << 20;
-
-interface Holder {
-  id: string;
-  pid: number;
-  /** The filler mapping's address. */
-  filler: bigint;
-  marker: string;
-}
 
 let binDir = '';
 const containers: string[] = [];
@@ -44,21 +36,7 @@ function tempDir(): string {
   return dir;
 }
 
-/** A container running test/helpers/memory-holder (static): marker on the heap, `mib` of filler, `threads` more threads. */
-async function startHolder(mib: number, threads: number): Promise<Holder> {
-  const suffix = randomBytes(8).toString('hex');
-  const name = uniqueName('amber-memory');
-  const id = await podman('run', '-d', '--name', name, '-v', `${binDir}:/amber:ro`, TEST_IMAGE, '/amber/memory-holder', 'AMBERMARK', suffix, String(mib), String(threads));
-  containers.push(id);
-  const pid = Number(await podman('inspect', '-f', '{{.State.Pid}}', id));
-  const deadline = Date.now() + 30_000;
-  let logs = '';
-  while (!(logs = await podman('logs', id)).startsWith('ready')) {
-    if (Date.now() > deadline) throw new Error(`memory-holder did not start: ${logs}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return { id, pid, filler: BigInt(logs.split(/\s+/)[1] === '(nil)' ? 0 : logs.split(/\s+/)[1]), marker: `AMBERMARK-${suffix}` };
-}
+const startHolder = (mib: number, threads: number): Promise<Holder> => startHolderIn(binDir, mib, threads, containers);
 
 function v2Dir(pid: number): string {
   return path.join(V2_ROOT, cgroupsOf(fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8')).v2!);
@@ -97,9 +75,6 @@ function procMaps(pid: number): Pick<MemoryRegion, 'start' | 'end' | 'perms' | '
     });
 }
 
-function gdb(core: string, ...commands: string[]): string {
-  return execFileSync('gdb', ['-batch', '-nx', '-c', core, ...commands.flatMap((c) => ['-ex', c])], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-}
 
 async function collect(core: string, needle: string, regions?: MemoryRegion[]): Promise<CoreHit[]> {
   const hits: CoreHit[] = [];
@@ -133,7 +108,7 @@ beforeAll(async () => {
   await ensureTestImage();
   binDir = tempDir();
   fs.chmodSync(binDir, 0o755);
-  execFileSync('cc', ['-static', '-O2', '-pthread', '-o', path.join(binDir, 'memory-holder'), path.join(__dirname, '..', 'helpers', 'memory-holder.c')]);
+  buildHolder(binDir);
 });
 
 afterEach(async () => {

@@ -20,7 +20,8 @@ const CONF_DIR = path.resolve(__dirname, '../../build/test-podman');
 const CONF = path.join(CONF_DIR, 'containers.conf');
 let confWritten = false;
 
-function env(): NodeJS.ProcessEnv {
+/** The environment podman runs with here: the private containers.conf. */
+export function podmanEnv(): NodeJS.ProcessEnv {
   if (!confWritten) {
     fs.mkdirSync(CONF_DIR, { recursive: true, mode: 0o700 });
     // written whole under a name of this process's own, then renamed: test files run in parallel
@@ -34,7 +35,7 @@ function env(): NodeJS.ProcessEnv {
 
 export async function podman(...args: string[]): Promise<string> {
   try {
-    const { stdout } = await run('podman', args, { env: env(), maxBuffer: 16 << 20 });
+    const { stdout } = await run('podman', args, { env: podmanEnv(), maxBuffer: 16 << 20 });
     return stdout.trim();
   } catch (err) {
     const e = err as { stderr?: string; message: string };
@@ -57,7 +58,7 @@ export async function ensureTestImage(): Promise<string> {
     for (const applet of BUSYBOX_APPLETS) fs.symlinkSync('busybox', path.join(root, 'bin', applet));
     fs.writeFileSync(path.join(root, 'etc/passwd'), 'root:x:0:0:root:/:/bin/sh\n');
     execFileSync('sh', ['-c', `tar -C "${root}" -c . | podman import --change 'CMD ["/bin/sh"]' - ${TEST_IMAGE}`], {
-      env: env(),
+      env: podmanEnv(),
       stdio: 'pipe',
     });
   } finally {

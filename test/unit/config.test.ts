@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { envName, loadConfig, optionPaths, parseSize } from '../../src/config';
 import { MAX_TIMER_MS, RANGES } from '../../src/defaults';
+import { DEFAULT_PROCESS_FACTS } from '../../src/incident/process-facts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-config-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -45,7 +46,38 @@ describe('config', () => {
         maxAlertsPerRulePerSecond: 100,
         hashMaxBytes: 256 << 20,
       },
+      incident: {
+        enabled: true,
+        window: { before: 600_000, after: 10_000 },
+        joinWindow: 600_000,
+        maxConcurrent: 2,
+        maxQueued: 16,
+        maxPerHour: 60,
+        memory: { enabled: true, allProcesses: false, maxBytes: 2 * 2 ** 30, freeze: true },
+        upperLayer: { maxFileBytes: 64 << 20, maxTotalBytes: 1 << 30 },
+        executableMaxBytes: 256 << 20,
+        maxProcesses: 64,
+        redactEnv: [...DEFAULT_PROCESS_FACTS.redactEnv],
+        retention: { maxBytes: 10 * 2 ** 30, maxCount: 100 },
+        upload: { retry: { initialDelay: 5000, maxDelay: 600_000 }, sinks: [] },
+        bpffs: '/sys/fs/bpf',
+      },
     });
+  });
+
+  it('reads upload sinks from the file, with units, and refuses a misspelt sink key naming it', () => {
+    const f = file(
+      'sinks.yaml',
+      'incident:\n  upload:\n    sinks:\n      - { type: s3, bucket: ev, endpoint: "http://127.0.0.1:9000", partSize: 8MiB, requestTimeout: 30s, objectLock: { mode: COMPLIANCE, retainDays: 30 } }\n      - { type: sftp, host: h, username: u, remoteDir: /in, readyTimeout: 5s }\n',
+    );
+    expect(loadConfig({ file: f }).incident.upload.sinks).toEqual([
+      { type: 's3', bucket: 'ev', endpoint: 'http://127.0.0.1:9000', partSize: 8 << 20, requestTimeout: 30_000, objectLock: { mode: 'COMPLIANCE', retainDays: 30 } },
+      { type: 'sftp', host: 'h', username: 'u', remoteDir: '/in', readyTimeout: 5000 },
+    ]);
+    const bad = file('badsink.yaml', 'incident:\n  upload:\n    sinks:\n      - { type: s3, bukket: ev }\n');
+    expect(() => loadConfig({ file: bad })).toThrow(/badsink\.yaml: (incident\.upload\.sinks\.0: .*|unknown key incident\.upload\.sinks\.0\.bukket)/);
+    expect(() => loadConfig({ env: { AMBER_INCIDENT_REDACT_ENV: 'A_*, *_B' } }).incident.redactEnv).not.toThrow();
+    expect(loadConfig({ env: { AMBER_INCIDENT_REDACT_ENV: 'A_*, *_B' } }).incident.redactEnv).toEqual(['A_*', '*_B']);
   });
 
   it('reads detect flags from the environment as true/false and refuses anything else', () => {
@@ -166,6 +198,27 @@ describe('config', () => {
       'AMBER_DETECT_WRITABLE_MOUNTS',
       'AMBER_DETECT_MAX_ALERTS_PER_RULE_PER_SECOND',
       'AMBER_DETECT_HASH_MAX_BYTES',
+      'AMBER_INCIDENT_ENABLED',
+      'AMBER_INCIDENT_WINDOW_BEFORE',
+      'AMBER_INCIDENT_WINDOW_AFTER',
+      'AMBER_INCIDENT_JOIN_WINDOW',
+      'AMBER_INCIDENT_MAX_CONCURRENT',
+      'AMBER_INCIDENT_MAX_QUEUED',
+      'AMBER_INCIDENT_MAX_PER_HOUR',
+      'AMBER_INCIDENT_MEMORY_ENABLED',
+      'AMBER_INCIDENT_MEMORY_ALL_PROCESSES',
+      'AMBER_INCIDENT_MEMORY_MAX_BYTES',
+      'AMBER_INCIDENT_MEMORY_FREEZE',
+      'AMBER_INCIDENT_UPPER_LAYER_MAX_FILE_BYTES',
+      'AMBER_INCIDENT_UPPER_LAYER_MAX_TOTAL_BYTES',
+      'AMBER_INCIDENT_EXECUTABLE_MAX_BYTES',
+      'AMBER_INCIDENT_MAX_PROCESSES',
+      'AMBER_INCIDENT_REDACT_ENV',
+      'AMBER_INCIDENT_RETENTION_MAX_BYTES',
+      'AMBER_INCIDENT_RETENTION_MAX_COUNT',
+      'AMBER_INCIDENT_UPLOAD_RETRY_INITIAL_DELAY',
+      'AMBER_INCIDENT_UPLOAD_RETRY_MAX_DELAY',
+      'AMBER_INCIDENT_BPFFS',
     ]);
   });
 
