@@ -7,7 +7,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { AgentClient, DEFAULT_SERVER, describeError, type IncidentDetail, type IncidentTarget } from '../api/client';
-import { MAX_PID, MAX_REASON_BYTES } from '../api/incident-codec';
+import { INCIDENT_ID, MAX_PID } from '../api/incident-codec';
 import { createExclusive } from '../buffer/datadir';
 import type { IncidentSummary, ResponseSummary } from '../incident/incidents';
 import { ARTIFACT_KINDS, type Manifest } from '../incident/manifest';
@@ -137,8 +137,6 @@ async function trigger(argv: string[], out: NodeJS.WritableStream, err: NodeJS.W
     if (!/^\d+$/.test(values.pid!) || pid < 1 || pid > MAX_PID) throw new UsageError(`--pid must be a process ID (1 to ${MAX_PID}), got "${clean(values.pid!)}"`);
     target = { pid };
   }
-  // the agent says the same; said here it is a usage error, before any connection
-  if (Buffer.byteLength(values.reason) > MAX_REASON_BYTES) throw new UsageError(`--reason is at most ${MAX_REASON_BYTES} bytes`);
   const waitMs = values.wait === undefined ? undefined : durationOption('--wait', values.wait, WAIT_RANGE);
   return withClient(values, err, async (client) => {
     const r = await client.triggerIncident(target, values.reason);
@@ -325,7 +323,7 @@ async function pull(argv: string[], out: NodeJS.WritableStream, err: NodeJS.Writ
   const id = oneId(positionals, usage);
   if (values.out === undefined || values.out === '') throw new UsageError(`where to? give --out DIR\nusage: amber incidents ${usage}`);
   // the ID names a file here: only what the agent's IDs look like (the agent checks it too)
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(id)) throw new UsageError(`"${clean(id)}" is not an incident ID`);
+  if (!INCIDENT_ID.test(id)) throw new UsageError(`"${clean(id)}" is not an incident ID`);
   const dir = values.out;
   let st;
   try {
