@@ -34,7 +34,8 @@ const SERVER_USAGE = `  --server ADDR               the agent: unix:///path or h
 export const INCIDENTS_USAGE = `usage: amber incidents <command> [--server ADDR] [options]
   trigger --container ID | --pod NS/NAME | --pid PID [--reason TEXT] [--wait [DURATION]]
                               open an incident (or join the one open for the same container);
-                              prints its ID. --wait: until the capture is complete or failed
+                              --reason: why, for the manifest (at most 1 KiB); prints its ID.
+                              --wait: until the capture is complete or failed
                               (default ${DEFAULT_WAIT_MS / 60_000}m; ${WAIT_RANGE.text}), then its summary
   list [-o columns|json]      the agent's incidents, oldest first
   show ID [-o text|json]      one incident: trigger, container, artifacts, uploads, responses
