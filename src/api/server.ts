@@ -6,6 +6,8 @@
  * loses events, counted and told to it, and never slows the sensor or the
  * buffer. Requests are bounded in size, count and time; a request that
  * cannot be decoded or does not validate gets INVALID_ARGUMENT, never a crash.
+ * Incidents are served from the agent's Incidents (src/incident/incidents.ts)
+ * when it has them; their archives stream as one of the client's streams.
  */
 import { timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
@@ -14,20 +16,33 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import type { EventBuffer } from '../buffer';
+import { openRegular } from '../buffer/datadir';
 import { compileFilter, type EventFilter, splitContainerFilter, validateFilter } from '../filter';
+import { IncidentError, type Incidents } from '../incident/incidents';
 import type { Pipeline } from '../pipeline/pipeline';
 import { SENSOR_EVENT_TYPES, type AmberEvent } from '../sensor/events';
 import type { Sensor } from '../sensor/sensor';
 import { filterFromProto, toProto } from './event-codec';
 import {
   AmberService,
+  type GetIncidentRequest,
+  type GetIncidentResponse,
+  type ListIncidentsRequest,
+  type ListIncidentsResponse,
+  type PullIncidentRequest,
+  type PullIncidentResponse,
   type QueryRequest,
   type QueryResponse,
   type StatusRequest,
+  type ReleaseIncidentRequest,
+  type ReleaseIncidentResponse,
   type StatusResponse,
   type TraceRequest,
   type TraceResponse,
+  type TriggerIncidentRequest,
+  type TriggerIncidentResponse,
 } from './gen/amber';
+import { checkIncidentId, incidentErrorStatus, incidentToProto, PULL_CHUNK_BYTES, responseToProto, triggerRequestFromProto } from './incident-codec';
 import { DROPPED_TRAILER, type Listener, parseListenAddress } from './address';
 import { AMBER_VERSION } from './version';
 
@@ -52,7 +67,11 @@ export interface ApiParts {
   pipeline: Pipeline;
   buffer: EventBuffer;
   sensor: Sensor;
+  /** The agent's incidents; without them the incident calls answer UNAVAILABLE. */
+  incidents?: Incidents;
 }
+
+export const INCIDENTS_OFF = 'incidents are off on this agent';
 
 export type ApiLog = (level: 'info' | 'warn', obj: Record<string, unknown>, msg: string) => void;
 /** Told when each call ends: its method, gRPC status name and duration (the metrics). */
@@ -68,8 +87,10 @@ export interface ApiServer {
   close(): Promise<void>;
 }
 
-/** grpc-js's call.getAuthContext() (its type is not exported): 'ssl' on TLS connections. */
-type AuthContext = { transportSecurityType?: string };
+/** grpc-js's call.getAuthContext() (its type is not exported): 'ssl' on TLS connections, with the client's certificate. */
+type AuthContext = { transportSecurityType?: string; sslPeerCertificate?: { subject?: { CN?: string | string[] } } };
+/** Bound on a requester's name as the manifest records it (a certificate's CN is at most 64 by X.509, but a CA may sign anything). */
+const MAX_REQUESTER_CHARS = 256;
 
 /** What a request decoded into, or why it could not be. */
 type Decoded<T> = T | { invalid: string };
@@ -322,8 +343,152 @@ export async function startApiServer(parts: ApiParts, options: ApiOptions, log: 
     end(grpc.status.OK);
   };
 
+  /** Who asked, for an incident's manifest: the TLS client certificate's CN (else its address) on TCP; "unix" on the socket (Node cannot read the peer's uid). */
+  const requesterOf = (call: { getPeer(): string; getAuthContext(): AuthContext }): string => {
+    const auth = call.getAuthContext();
+    if (auth.transportSecurityType !== 'ssl') return 'unix';
+    const cn = auth.sslPeerCertificate?.subject?.CN;
+    const name = Array.isArray(cn) ? cn.join(',') : cn;
+    return (name || clientOf(call)).slice(0, MAX_REQUESTER_CHARS);
+  };
+
+  /**
+   * A unary incident call: the token, a request that decoded, `check` (a
+   * RangeError is INVALID_ARGUMENT), the agent's Incidents there; what `run`
+   * rejects with is answered with its IncidentError's status.
+   */
+  const incidentCall =
+    <Req, Checked, Res>(method: string, check: (req: Req, call: grpc.ServerUnaryCall<Decoded<Req>, Res>) => Checked, run: (incidents: Incidents, checked: Checked) => Promise<Res>) =>
+    (call: grpc.ServerUnaryCall<Decoded<Req>, Res>, callback: grpc.sendUnaryData<Res>) => {
+      const end = ender(method);
+      const answer = (code: grpc.status, details: string) => {
+        end(code);
+        callback({ code, details });
+      };
+      const denied = unauthorized(call);
+      if (denied) return answer(grpc.status.UNAUTHENTICATED, denied);
+      const req = call.request;
+      if (isInvalid(req)) return answer(grpc.status.INVALID_ARGUMENT, req.invalid);
+      if (!parts.incidents) return answer(grpc.status.UNAVAILABLE, INCIDENTS_OFF);
+      let checked: Checked;
+      try {
+        checked = check(req, call);
+      } catch (err) {
+        return answer(grpc.status.INVALID_ARGUMENT, (err as Error).message);
+      }
+      run(parts.incidents, checked).then(
+        (res) => {
+          callback(null, res);
+          end(grpc.status.OK);
+        },
+        (err: unknown) => {
+          const s = incidentErrorStatus(err);
+          if (s.code === grpc.status.INTERNAL) log('warn', { event: 'api-incident-failed', method, error: s.details }, 'an incident call failed');
+          answer(s.code, s.details);
+        },
+      );
+    };
+
+  const triggerIncident = incidentCall(
+    'TriggerIncident',
+    (req: TriggerIncidentRequest, call) => triggerRequestFromProto(req, requesterOf(call)),
+    async (incidents, request): Promise<TriggerIncidentResponse> => {
+      const r = await incidents.trigger(request);
+      log('info', { event: 'api-incident-triggered', id: r.id, joined: r.joined, requestedBy: request.requestedBy }, 'an incident was triggered through the API');
+      return { id: r.id, joined: r.joined, state: r.state };
+    },
+  );
+
+  const listIncidents = incidentCall(
+    'ListIncidents',
+    (_req: ListIncidentsRequest) => undefined,
+    async (incidents): Promise<ListIncidentsResponse> => ({ incidents: (await incidents.list()).map(incidentToProto) }),
+  );
+
+  const getIncident = incidentCall(
+    'GetIncident',
+    (req: GetIncidentRequest) => checkIncidentId(req.id),
+    async (incidents, id): Promise<GetIncidentResponse> => {
+      const shown = await incidents.show(id);
+      if (!shown) throw notFound(id);
+      return { incident: incidentToProto(shown.summary), manifest: shown.manifest ?? Buffer.alloc(0), signature: shown.signature ?? Buffer.alloc(0) };
+    },
+  );
+
+  const releaseIncident = incidentCall(
+    'ReleaseIncident',
+    (req: ReleaseIncidentRequest) => checkIncidentId(req.id),
+    async (incidents, id): Promise<ReleaseIncidentResponse> => {
+      const responses = await incidents.release(id);
+      log('info', { event: 'api-incident-released', id, responses: responses.map((r) => `${r.kind}: ${r.state}`) }, 'an incident was released through the API');
+      return { responses: responses.map(responseToProto) };
+    },
+  );
+
+  /** The archive: size and sha256 first, then its bytes a chunk at a time, as the client takes them; one of the client's streams. */
+  const pullIncident = async (call: grpc.ServerWritableStream<Decoded<PullIncidentRequest>, PullIncidentResponse>) => {
+    const end = ender('PullIncident');
+    const denied = unauthorized(call);
+    if (denied) return fail(call, grpc.status.UNAUTHENTICATED, denied, end);
+    const req = call.request;
+    if (isInvalid(req)) return fail(call, grpc.status.INVALID_ARGUMENT, req.invalid, end);
+    const incidents = parts.incidents;
+    if (!incidents) return fail(call, grpc.status.UNAVAILABLE, INCIDENTS_OFF, end);
+    let id: string;
+    try {
+      id = checkIncidentId(req.id);
+    } catch (err) {
+      return fail(call, grpc.status.INVALID_ARGUMENT, (err as Error).message, end);
+    }
+    const release = admit(call);
+    if (typeof release === 'string') return fail(call, grpc.status.RESOURCE_EXHAUSTED, release, end);
+    let fh: Awaited<ReturnType<typeof openRegular>> | undefined;
+    try {
+      const archive = await incidents.archive(id);
+      if (!archive) {
+        const shown = await incidents.show(id);
+        if (!shown) return fail(call, grpc.status.NOT_FOUND, notFound(id).message, end);
+        const s = shown.summary;
+        const why = s.state === 'failed' ? `its capture failed${s.error ? `: ${s.error}` : ''}` : `it is ${s.state}: no archive yet`;
+        return fail(call, grpc.status.FAILED_PRECONDITION, `incident ${id} has no archive to pull: ${why}`, end);
+      }
+      // the archive is the agent's own file, yet opened as any: never through a link, and only a regular file
+      fh = await openRegular(archive.path);
+      const size = (await fh.stat()).size;
+      if (size !== archive.size) return fail(call, grpc.status.INTERNAL, `incident ${id}: the archive is ${size} bytes, not the ${archive.size} recorded`, end);
+      await write(call, { size, sha256: archive.sha256, data: Buffer.alloc(0) });
+      for (let at = 0; at < size && !call.cancelled; ) {
+        const chunk = Buffer.allocUnsafe(Math.min(PULL_CHUNK_BYTES, size - at));
+        const { bytesRead } = await fh.read(chunk, 0, chunk.length, at);
+        if (bytesRead === 0) return fail(call, grpc.status.INTERNAL, `incident ${id}: the archive ended at ${at} of ${size} bytes`, end);
+        at += bytesRead;
+        await write(call, { size: 0, sha256: '', data: chunk.subarray(0, bytesRead) });
+      }
+    } catch (err) {
+      const s = incidentErrorStatus(err);
+      if (s.code === grpc.status.INTERNAL) log('warn', { event: 'api-incident-failed', method: 'PullIncident', id, error: s.details }, 'an incident pull failed');
+      if (!call.cancelled) return fail(call, s.code, s.details, end);
+    } finally {
+      await fh?.close();
+      release();
+    }
+    if (!call.cancelled) {
+      call.end();
+      end(grpc.status.OK);
+    } else end(grpc.status.CANCELLED);
+  };
+
   let serving = true;
-  server.addService(decodingSafely(AmberService), { trace, query, status } as unknown as grpc.UntypedServiceImplementation);
+  server.addService(decodingSafely(AmberService), {
+    trace,
+    query,
+    status,
+    triggerIncident,
+    listIncidents,
+    getIncident,
+    pullIncident,
+    releaseIncident,
+  } as unknown as grpc.UntypedServiceImplementation);
   health.addToServer(server);
 
   const addresses: string[] = [];
@@ -430,8 +595,19 @@ function statusOf(parts: ApiParts, node: string, started: number, serving: boole
       frozenBytes: b.frozen.bytes,
     },
     activeStreams: active,
+    signingPublicKey: signingKeyOf(parts),
   };
 }
+
+function signingKeyOf(parts: ApiParts): string {
+  try {
+    return parts.incidents?.publicKey() ?? '';
+  } catch {
+    return ''; // no key yet: status still answers
+  }
+}
+
+const notFound = (id: string) => new IncidentError('not-found', `no incident ${id}`);
 
 // ---- listeners ----
 

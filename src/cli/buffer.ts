@@ -199,7 +199,7 @@ function formatStats(s: BufferStats, verify?: VerifyResult): string {
   return `${lines.map(clean).join('\n')}\n`;
 }
 
-function formatBytes(n: number): string {
+export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;
   if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
   if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MiB`;

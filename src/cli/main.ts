@@ -2,9 +2,12 @@
 /** The amber command: the only place that reads argv and sets the exit code. */
 import { agentCommand } from './agent';
 import { bufferQuery, bufferStats } from './buffer';
+import { incidentsCommand } from './incidents';
+import { inspectCommand } from './inspect';
 import { statusCommand } from './status';
 import { traceCommand } from './trace';
 import { UsageError } from './usage';
+import { verifyCommand } from './verify';
 
 const USAGE = `usage: amber <command> [options]
 commands:
@@ -13,7 +16,10 @@ commands:
                               or from this node's kernel with --local (exec, exit, fork, open, connect, accept, dns)
   buffer query                search the buffer of agents (--server), or a data dir offline (--data-dir)
   buffer stats                what a buffer holds
-  status                      what agents are doing: sensor, counters, drops, buffer (--server, repeatable)
+  status                      what agents are doing: sensor, counters, drops, buffer, signing key (--server, repeatable)
+  incidents <command>         an agent's incidents: trigger, list, show, pull (the signed archive), release
+  verify BUNDLE               check an evidence bundle (directory or archive) against its signed manifest
+  inspect BUNDLE              a readable account of an evidence bundle; --grep searches its memory cores
 run "amber <command> --help" for a command's options`;
 
 async function main(argv: string[]): Promise<number> {
@@ -25,6 +31,12 @@ async function main(argv: string[]): Promise<number> {
       return traceCommand(rest, process.stdout, process.stderr);
     case 'status':
       return statusCommand(rest, process.stdout, process.stderr);
+    case 'incidents':
+      return incidentsCommand(rest, process.stdout, process.stderr);
+    case 'verify':
+      return verifyCommand(rest, process.stdout, process.stderr, process.env);
+    case 'inspect':
+      return inspectCommand(rest, process.stdout, process.stderr, process.env);
     case 'buffer': {
       const [sub, ...args] = rest;
       if (sub === 'query') return bufferQuery(args, process.stdout, process.stderr);

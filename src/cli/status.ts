@@ -1,4 +1,4 @@
-/** amber status: what each agent is doing (sensor, counters, subscribers, buffer). */
+/** amber status: what each agent is doing (sensor, counters, subscribers, buffer) and the key its incident bundles are signed with. */
 import { parseArgs } from 'node:util';
 import { describeError } from '../api/client';
 import type { StatusResponse } from '../api/gen/amber';
@@ -65,6 +65,11 @@ export function formatStatus(s: StatusResponse): string {
     if (b.droppedEvents || b.corruptBlocks || b.writeError) {
       row('damage', `${b.droppedEvents} events dropped (disk), ${b.corruptBlocks} damaged blocks${b.writeError ? `; writes failing: ${b.writeError}` : ''}`);
     }
+  }
+  if (s.signingPublicKey) {
+    // unindented, so the lines can be saved as the file `amber verify --key` takes
+    row('signing key', 'incident bundles are signed with this key (PEM):');
+    lines.push(...s.signingPublicKey.trimEnd().split('\n').map(clean));
   }
   return `${lines.join('\n')}\n\n`;
 }

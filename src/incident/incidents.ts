@@ -72,8 +72,8 @@ export interface Incidents {
   /** Opens (or joins) an incident; the capture runs in the background. Rejects with IncidentError (code) on a bad or unknown target or when at capacity. */
   trigger(request: TriggerRequest): Promise<TriggerResult>;
   list(): Promise<IncidentSummary[]>;
-  /** The incident and, once complete, its manifest's exact bytes (what manifest.sig signs). */
-  show(id: string): Promise<{ summary: IncidentSummary; manifest: Buffer | null; manifestObject: Manifest | null } | null>;
+  /** The incident and, once complete, its manifest's exact bytes (what manifest.sig signs) and, when at hand, manifest.sig. */
+  show(id: string): Promise<{ summary: IncidentSummary; manifest: Buffer | null; manifestObject: Manifest | null; signature?: Buffer | null } | null>;
   /** The archive (<id>.tar.gz) to stream: its path and size; null when not complete. */
   archive(id: string): Promise<{ path: string; size: number; sha256: string } | null>;
   /** Lifts the incident's network cut and freeze responses. */

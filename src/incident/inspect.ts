@@ -15,6 +15,7 @@ import { createExclusive, openRegular, readRegular } from '../buffer/datadir';
 import { EVENTS_JSONL } from '../buffer/freeze';
 import { clean, columnsLayout, quoteArg } from '../cli/format';
 import type { AmberEvent } from '../sensor/events';
+import { formatHit, type CoreHit } from './core-grep';
 import { MANIFEST_FILE, type Manifest } from './manifest';
 import { CONTAINER_FILE, EXPOSURE_FILE, type ContainerFacts, type ExposureFacts, type ProcessNode } from './facts-types';
 import { parsePublicKey } from './signing';
@@ -31,7 +32,9 @@ const MAX_TREE_NODES = 10_000;
 
 /**
  * Searches one ELF core for `needle` (src/incident/core-grep.ts's grepCore):
- * each match as a line of text, or an object shown as JSON.
+ * each match a CoreHit (shown with formatHit), lines of text, or an object
+ * shown as JSON. The maps beside the core (memory/<pid>.maps.json) are
+ * there for it to name the regions.
  */
 export type CoreGrep = (corePath: string, needle: string) => Promise<Iterable<unknown> | AsyncIterable<unknown>>;
 
@@ -97,7 +100,7 @@ export async function inspectBundle(target: string, options: InspectOptions): Pr
   const tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'amber-inspect-'));
   try {
     const wanted = (rel: string) =>
-      rel === CONTAINER_FILE || rel === EXPOSURE_FILE || rel === EVENTS_JSONL || (options.grep !== undefined && /^memory\/\d+\.core$/.test(rel));
+      rel === CONTAINER_FILE || rel === EXPOSURE_FILE || rel === EVENTS_JSONL || (options.grep !== undefined && /^memory\/\d+\.(core|maps\.json)$/.test(rel));
     const key = typeof options.publicKey === 'string' ? parsePublicKey(options.publicKey, 'the public key') : options.publicKey;
     const verify = await verifyArchive(target, key, async (rel, entry) => {
       if (!wanted(rel)) return;
@@ -431,7 +434,10 @@ export function formatReport(r: BundleReport): string {
         continue;
       }
       out.push(`  ${clean(g.path)}: ${g.matches.length + g.more} match(es)`);
-      for (const match of g.matches) out.push(`    ${clean(typeof match === 'string' ? match : JSON.stringify(match))}`);
+      for (const match of g.matches) {
+        const text = typeof match === 'string' ? match : isCoreHit(match) ? formatHit(match) : JSON.stringify(match);
+        for (const line of text.split('\n')) out.push(`    ${clean(line)}`);
+      }
       if (g.more) out.push(`    … ${g.more} more`);
     }
   }
@@ -441,6 +447,9 @@ export function formatReport(r: BundleReport): string {
   }
   return `${out.join('\n')}\n`;
 }
+
+const isCoreHit = (m: unknown): m is CoreHit =>
+  isObj(m) && typeof m.address === 'string' && isObj(m.region) && Array.isArray(m.excerpt) && typeof m.pid === 'number';
 
 function verifyLine(v: VerifyResult): string {
   const ok = v.checked.filter((c) => c.ok).length;

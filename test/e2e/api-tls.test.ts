@@ -3,7 +3,8 @@
  * a bearer token on top, refusals of everyone else, and certificates rotated
  * on disk picked up without a restart. Loopback only.
  */
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -142,6 +143,26 @@ describe('the API over TCP with mutual TLS', () => {
     const run = await amber('status', '--server', target, ...tlsArgs(other), '--token-file', tokenFile);
     expect(run.code).toBe(1);
     expect(run.stderr).toMatch(/cannot reach the agent: UNAVAILABLE/);
+  });
+
+  it('incidents over TCP: the client certificate names who asked, and the archive pulls through TLS', { timeout: 180_000 }, async () => {
+    const sleeper = spawn('sleep', ['300'], { stdio: 'ignore' });
+    try {
+      const tcp = ['--server', target, ...tlsArgs(client1), '--token-file', tokenFile];
+      const r = await amber('incidents', 'trigger', '--pid', String(sleeper.pid), '--reason', 'over tcp', '--wait', '2m', ...tcp);
+      expect(r.code, r.stderr).toBe(0);
+      const id = r.stdout.split('\n')[0];
+      const manifest = JSON.parse(fs.readFileSync(path.join(dataDir, 'incidents', id, 'manifest.json'), 'utf8')) as { trigger: unknown };
+      expect(manifest.trigger).toMatchObject({ kind: 'manual', reason: 'over tcp', requestedBy: 'client-one' });
+      const out = path.join(dir, 'pulled');
+      fs.mkdirSync(out);
+      const pull = await amber('incidents', 'pull', id, '--out', out, ...tcp);
+      expect(pull.code, pull.stderr).toBe(0);
+      const sha256 = (f: string) => createHash('sha256').update(fs.readFileSync(f)).digest('hex');
+      expect(sha256(path.join(out, `${id}.tar.gz`))).toBe(sha256(path.join(dataDir, 'incidents', `${id}.tar.gz`)));
+    } finally {
+      sleeper.kill('SIGKILL');
+    }
   });
 
   it('picks up certificates rotated on disk without a restart', async () => {

@@ -18,6 +18,7 @@ import { TarWriter } from '../../src/incident/tar';
 import { verifyBundle } from '../../src/incident/verify';
 import type { AmberEvent, DriftEvent } from '../../src/sensor/events';
 import { amber } from '../helpers/agent';
+import { writeCore } from '../helpers/core';
 import { CONTAINER_A, connectEvent, dnsEvent, execEvent, exitEvent, forkEvent, openEvent, T0, tempDir } from '../helpers/buffer-events';
 
 const execFileP = promisify(execFile);
@@ -464,9 +465,61 @@ Timeline (events.jsonl: 62 events, 7 shown; times relative to the trigger)
     expect(text.stdout).toContain('  capture.log.jsonl      log                             35  FAILED (missing)\n');
   });
 
-  it('refuses --grep until the memory search is connected', async () => {
-    const r = await amber('inspect', bundle.dir, '--key', pub, '--grep', 'hunter2');
-    expect(r.code).toBe(2);
-    expect(r.stderr).toBe('amber: --grep: this build has no memory search\n');
+  it('--grep finds text in the memory cores, naming the region from the maps beside the core', async () => {
+    // a core the search can read: the executable's mapping, then a heap holding the secret twice
+    const heap = Buffer.alloc(4096, 0x2e);
+    heap.write('token=hunter2;', 100);
+    heap.write('hunter2', 4000);
+    const w = await BundleWriter.create(dataDir, CREATED_MS + 1000);
+    writeCore(await w.pathFor('memory/4711.core'), [
+      { vaddr: 0x400000n, data: Buffer.alloc(4096, 0x41), flags: 5 },
+      { vaddr: 0x7f0000000000n, data: heap, flags: 6 },
+    ], 4711, 'x');
+    await w.add('memory/4711.core', 'memory', 4711);
+    const regions = [
+      { start: '0x400000', end: '0x401000', perms: 'r-xp', offset: 0, dev: '08:01', inode: 7, path: '/usr/bin/victim', dumped: 4096 },
+      { start: '0x7f0000000000', end: '0x7f0000001000', perms: 'rw-p', offset: 0, dev: '00:00', inode: 0, path: '[heap]', dumped: 4096 },
+    ];
+    await w.write('memory/4711.maps.json', 'maps', `${JSON.stringify({ pid: 4711, comm: 'x', regions })}\n`, 4711);
+    const grepBundle = await w.finish({ ...fields, createdAt: new Date(CREATED_MS + 1000).toISOString() }, key);
+    for (const target of [grepBundle.dir, grepBundle.archive]) {
+      const r = await amber('inspect', target, '--key', pub, '--grep', 'hunter2');
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect(r.stdout.slice(r.stdout.indexOf('\nMemory matches\n'))).toBe(GREP_EXPECTED);
+    }
+    const json = await amber('inspect', grepBundle.dir, '--key', pub, '--grep', 'hunter2', '--json');
+    const report = JSON.parse(json.stdout) as { grep: Array<{ path: string; matches: Array<{ address: string; region: { path: string } }> }> };
+    expect(report.grep.map((g) => [g.path, g.matches.map((m) => `${m.address} ${m.region.path}`)])).toEqual([
+      ['memory/4711.core', ['0x7f000000006a [heap]', '0x7f0000000fa0 [heap]']],
+    ]);
+    // a core that is not one: the search says so for that core, the report goes on
+    const fake = await amber('inspect', bundle.dir, '--key', pub, '--grep', 'hunter2');
+    expect(fake.code).toBe(0);
+    expect(fake.stdout.endsWith('\nMemory matches\n  memory/4711.core: cannot search: not a 64-bit little-endian ELF file\n')).toBe(true);
   });
 });
+
+/** What --grep hunter2 shows of the bundle with the real core (it holds no facts or events: the notes say so). */
+const GREP_EXPECTED = `
+Memory matches
+  memory/4711.core: 2 match(es)
+    pid 4711 (x) at 0x7f000000006a in 0x7f0000000000-0x7f0000001000 rw- [heap], core offset 8298
+    00007f0000000040  2e 2e 2e 2e 2e 2e 2e 2e  2e 2e 2e 2e 2e 2e 2e 2e  |................|
+    00007f0000000050  2e 2e 2e 2e 2e 2e 2e 2e  2e 2e 2e 2e 2e 2e 2e 2e  |................|
+    00007f0000000060  2e 2e 2e 2e 74 6f 6b 65  6e 3d 68 75 6e 74 65 72  |....token=hunter|
+    00007f0000000070  32 3b 2e 2e 2e 2e 2e 2e  2e 2e 2e 2e 2e 2e 2e 2e  |2;..............|
+    00007f0000000080  2e 2e 2e 2e 2e 2e 2e 2e  2e 2e 2e 2e 2e 2e 2e 2e  |................|
+    00007f0000000090  2e 2e 2e 2e 2e 2e 2e 2e  2e 2e 2e 2e 2e 2e 2e 2e  |................|
+    pid 4711 (x) at 0x7f0000000fa0 in 0x7f0000000000-0x7f0000001000 rw- [heap], core offset 12192
+    00007f0000000f80  2e 2e 2e 2e 2e 2e 2e 2e  2e 2e 2e 2e 2e 2e 2e 2e  |................|
+    00007f0000000f90  2e 2e 2e 2e 2e 2e 2e 2e  2e 2e 2e 2e 2e 2e 2e 2e  |................|
+    00007f0000000fa0  68 75 6e 74 65 72 32 2e  2e 2e 2e 2e 2e 2e 2e 2e  |hunter2.........|
+    00007f0000000fb0  2e 2e 2e 2e 2e 2e 2e 2e  2e 2e 2e 2e 2e 2e 2e 2e  |................|
+    00007f0000000fc0  2e 2e 2e 2e 2e 2e 2e 2e  2e 2e 2e 2e 2e 2e 2e 2e  |................|
+
+Notes
+  container.json: not in the bundle
+  exposure.json: not in the bundle
+  events.jsonl: not in the bundle
+`;

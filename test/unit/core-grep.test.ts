@@ -8,77 +8,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CoreFormatError, formatHit, grepCore, hexdumpLines, type CoreHit } from '../../src/incident/core-grep';
+import { writeCore } from '../helpers/core';
 
 const CHUNK = 4 << 20;
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-core-grep-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-
-interface Load {
-  vaddr: bigint;
-  data: Buffer;
-  flags: number;
-}
-
-function note(type: number, desc: Buffer): Buffer {
-  const head = Buffer.alloc(12);
-  head.writeUInt32LE(5, 0);
-  head.writeUInt32LE(desc.length, 4);
-  head.writeUInt32LE(type, 8);
-  const pad = Buffer.alloc((4 - (desc.length % 4)) % 4);
-  return Buffer.concat([head, Buffer.from('CORE\0\0\0\0'), desc, pad]);
-}
-
-/** An ELF64 core: PT_NOTE (NT_PRPSINFO pid/comm, NT_FILE for the first load) then one PT_LOAD per load. */
-function writeCore(name: string, loads: Load[], pid = 4242, comm = 'victim'): string {
-  const psinfo = Buffer.alloc(136);
-  psinfo.writeInt32LE(pid, 24);
-  psinfo.write(comm, 40, 'latin1');
-  const file = Buffer.alloc(16 + 24);
-  file.writeBigUInt64LE(1n, 0);
-  file.writeBigUInt64LE(4096n, 8);
-  file.writeBigUInt64LE(loads[0].vaddr, 16);
-  file.writeBigUInt64LE(loads[0].vaddr + BigInt(loads[0].data.length), 24);
-  const notes = Buffer.concat([note(3, psinfo), note(0x46494c45, Buffer.concat([file, Buffer.from('/usr/bin/victim\0')]))]);
-  const phnum = loads.length + 1;
-  const notesAt = 64 + 56 * phnum;
-  let at = Math.ceil((notesAt + notes.length) / 4096) * 4096;
-  const eh = Buffer.alloc(64);
-  eh.writeUInt32BE(0x7f454c46, 0);
-  eh[4] = 2;
-  eh[5] = 1;
-  eh[6] = 1;
-  eh.writeUInt16LE(4, 16);
-  eh.writeUInt16LE(62, 18);
-  eh.writeBigUInt64LE(64n, 32);
-  eh.writeUInt16LE(64, 52);
-  eh.writeUInt16LE(56, 54);
-  eh.writeUInt16LE(phnum, 56);
-  const ph = Buffer.alloc(56 * phnum);
-  ph.writeUInt32LE(4, 0);
-  ph.writeBigUInt64LE(BigInt(notesAt), 8);
-  ph.writeBigUInt64LE(BigInt(notes.length), 32);
-  const parts: Array<[number, Buffer]> = [
-    [0, eh],
-    [64, ph],
-    [notesAt, notes],
-  ];
-  loads.forEach((load, i) => {
-    const o = 56 * (i + 1);
-    ph.writeUInt32LE(1, o);
-    ph.writeUInt32LE(load.flags, o + 4);
-    ph.writeBigUInt64LE(BigInt(at), o + 8);
-    ph.writeBigUInt64LE(load.vaddr, o + 16);
-    ph.writeBigUInt64LE(BigInt(load.data.length), o + 32);
-    ph.writeBigUInt64LE(BigInt(load.data.length), o + 40);
-    parts.push([at, load.data]);
-    at += load.data.length;
-  });
-  const file2 = path.join(dir, name);
-  const fd = fs.openSync(file2, 'wx', 0o600);
-  for (const [offset, data] of parts) fs.writeSync(fd, data, 0, data.length, offset);
-  fs.closeSync(fd);
-  return file2;
-}
 
 async function grep(core: string, needle: string | Buffer, maxHits?: number): Promise<CoreHit[]> {
   const hits: CoreHit[] = [];
@@ -100,7 +34,7 @@ describe('grepCore', () => {
   heap.write('xaaaax', 100);
   const tail = Buffer.alloc(4096, 0);
   tail.write('NEEDLE-0123456789', 0);
-  const core = writeCore('one.core', [
+  const core = writeCore(path.join(dir, 'one.core'), [
     { vaddr: 0x400000n, data: big, flags: 5 },
     { vaddr: 0x7f0000000000n, data: heap, flags: 6 },
     { vaddr: 0x7f0000002000n, data: tail, flags: 6 },
