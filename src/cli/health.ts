@@ -5,8 +5,8 @@
  * kubelet's own gRPC probe speaks plaintext TCP, and the agent's TCP listener
  * is mutual TLS only, so the probe asks over the node-local unix socket.
  *
- * Runnable on its own (node dist/src/cli/health.js ...) until `amber health`
- * is wired into main.ts.
+ * Also runnable on its own (node dist/src/cli/health.js ...), which the probes
+ * use: it loads this module alone, not every command, so it answers fast.
  */
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';

@@ -3,6 +3,7 @@
 import { agentCommand } from './agent';
 import { bufferQuery, bufferStats } from './buffer';
 import { incidentsCommand } from './incidents';
+import { healthCommand } from './health';
 import { inspectCommand } from './inspect';
 import { statusCommand } from './status';
 import { traceCommand } from './trace';
@@ -20,6 +21,7 @@ commands:
   incidents <command>         an agent's incidents: trigger, list, show, pull (the signed archive), release
   verify BUNDLE               check an evidence bundle (directory or archive) against its signed manifest
   inspect BUNDLE              a readable account of an evidence bundle; --grep searches its memory cores
+  health                      whether the local agent answers SERVING (the DaemonSet's probe)
 run "amber <command> --help" for a command's options`;
 
 async function main(argv: string[]): Promise<number> {
@@ -33,6 +35,8 @@ async function main(argv: string[]): Promise<number> {
       return statusCommand(rest, process.stdout, process.stderr);
     case 'incidents':
       return incidentsCommand(rest, process.stdout, process.stderr);
+    case 'health':
+      return healthCommand(rest, process.stdout, process.stderr);
     case 'verify':
       return verifyCommand(rest, process.stdout, process.stderr, process.env);
     case 'inspect':

@@ -28,7 +28,7 @@ import {
   type TriggerResult,
   type UploadSummary,
 } from './incidents';
-import { INCIDENTS_DIR, MANIFEST_FILE, type Manifest, type Trigger } from './manifest';
+import { INCIDENTS_DIR, MANIFEST_FILE, type Manifest, SIGNATURE_FILE, type Trigger } from './manifest';
 import { Responses } from './responses';
 import { enforceRetention } from './retention';
 import type { SigningKey } from './signing';
@@ -102,6 +102,7 @@ export class IncidentManager implements Incidents {
   private readonly frozen = new Map<string, FrozenCgroup>();
   private readonly counts: IncidentStats = { opened: 0, joined: 0, refusedQueueFull: 0, refusedRate: 0, captured: 0, failed: 0 };
   private closed = false;
+  private readonly digests = new Map<string, { size: number; mtimeMs: number; sha256: string }>();
   private unsubscribe: (() => void) | undefined;
 
   private constructor(private readonly o: IncidentManagerOptions) {}
@@ -352,7 +353,7 @@ export class IncidentManager implements Incidents {
     return [...out.values()].sort((a, b) => a.id.localeCompare(b.id));
   }
 
-  async show(id: string): Promise<{ summary: IncidentSummary; manifest: Buffer | null; manifestObject: Manifest | null } | null> {
+  async show(id: string): ReturnType<Incidents['show']> {
     checkId(id);
     const manifest = await this.readManifest(id);
     const incident = this.open.get(id);
@@ -360,7 +361,8 @@ export class IncidentManager implements Incidents {
     const summary = manifest ? { ...this.summaryOfManifest(manifest.object), ...(incident ? this.live(incident) : {}) } : this.summaryOfOpen(incident!);
     summary.uploads = this.uploadsOf(id);
     summary.bytes = (await this.archive(id))?.size ?? 0;
-    return { summary, manifest: manifest?.bytes ?? null, manifestObject: manifest?.object ?? null };
+    const signature = manifest ? await fsp.readFile(path.join(this.o.dataDir, INCIDENTS_DIR, id, SIGNATURE_FILE)).catch(() => undefined) : undefined;
+    return { summary, manifest: manifest?.bytes ?? null, manifestObject: manifest?.object ?? null, signature };
   }
 
   async archive(id: string): Promise<{ path: string; size: number; sha256: string } | null> {
@@ -369,7 +371,12 @@ export class IncidentManager implements Incidents {
     try {
       const st = await fsp.lstat(file);
       if (!st.isFile()) return null;
-      return { path: file, size: st.size, sha256: this.o.uploads?.status(id)?.sha256 ?? (await sha256File(file)) };
+      // an archive is written once (by rename) and never changed: its digest is kept per id, size and mtime
+      const known = this.digests.get(id);
+      if (known && known.size === st.size && known.mtimeMs === st.mtimeMs) return { path: file, size: st.size, sha256: known.sha256 };
+      const sha256 = this.o.uploads?.status(id)?.sha256 ?? (await sha256File(file));
+      this.digests.set(id, { size: st.size, mtimeMs: st.mtimeMs, sha256 });
+      return { path: file, size: st.size, sha256 };
     } catch {
       return null;
     }
@@ -396,7 +403,10 @@ export class IncidentManager implements Incidents {
       { ...this.o.limits.retention, inProgress, log: this.o.log },
       this.o.uploads ?? null,
     );
-    for (const id of r.removed) this.open.delete(id);
+    for (const id of r.removed) {
+      this.open.delete(id);
+      this.digests.delete(id);
+    }
   }
 
   private containerByPrefix(text: string): ContainerMetadata {
@@ -438,7 +448,7 @@ export class IncidentManager implements Incidents {
       id: i.id,
       state: i.state,
       createdAt: new Date(i.createdMs).toISOString(),
-      trigger: { kind: i.trigger.kind, rule: i.trigger.rule, reason: i.trigger.reason },
+      trigger: { kind: i.trigger.kind, rule: i.trigger.rule, reason: i.trigger.reason, requestedBy: i.trigger.requestedBy },
       containerId: i.containerId,
       pod: i.metadata?.pod ? `${i.metadata.pod.namespace}/${i.metadata.pod.name}` : '',
       container: i.metadata?.name ?? '',
@@ -457,7 +467,7 @@ export class IncidentManager implements Incidents {
       id: m.id,
       state: 'complete',
       createdAt: m.createdAt,
-      trigger: { kind: m.trigger.kind, rule: m.trigger.rule, reason: m.trigger.reason, joined: m.trigger.joined },
+      trigger: { kind: m.trigger.kind, rule: m.trigger.rule, reason: m.trigger.reason, requestedBy: m.trigger.requestedBy, joined: m.trigger.joined },
       containerId: m.container?.id ?? '',
       pod: md?.pod ? `${md.pod.namespace}/${md.pod.name}` : '',
       container: md?.name ?? '',
