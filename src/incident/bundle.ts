@@ -324,6 +324,8 @@ export async function listBundles(dataDir: string): Promise<BundleInfo[]> {
   const names = new Set(await readdirIfExists(incidentsDir));
   const byId = new Map<string, BundleInfo>();
   for (const name of names) {
+    // the incidents dir also holds the agent's own state (.uploads, .frozen, .responses): never bundles
+    if (name.startsWith('.') && !name.startsWith(TMP_PREFIX)) continue;
     const st = await fsp.lstat(path.join(incidentsDir, name)).catch(() => null);
     if (!st) continue;
     if (name.startsWith(TMP_PREFIX)) {

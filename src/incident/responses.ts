@@ -40,11 +40,6 @@ import { loadBinding, type NativeCutLink, type NativeNetcut } from '../sensor/bi
 import { findCgroup2Root, mountsOfType } from '../sensor/preflight';
 import { INCIDENTS_DIR } from './manifest';
 
-/** What a rule may ask for besides opening an incident; a rule asks for none unless it names them. */
-export const RESPONSE_KINDS = ['kill', 'cut-network'] as const;
-export type ResponseKind = (typeof RESPONSE_KINDS)[number];
-/** A rule's `respond:` list, for the rule schema: empty (off) by default. */
-export const respondSchema = z.array(z.enum(RESPONSE_KINDS)).default([]);
 
 /** Cut records: <dataDir>/incidents/.responses/<id>.json (a dot: never taken for an incident). */
 export const RESPONSES_DIR = '.responses';

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { readRegular } from '../buffer/datadir';
 import { INCIDENTS_DIR, MANIFEST_FILE } from './manifest';
-import { BUNDLE_ID } from './uploads';
+import { listBundles } from './bundle';
 
 export const RETENTION_DEFAULTS = {
   maxBytes: 10 * 1024 ** 3,
@@ -48,37 +48,27 @@ export interface RetentionResult {
   bytes: number;
 }
 
-/** The bundles in <dataDir>/incidents, oldest first. Links and odd names are not bundles and are left alone. */
-export async function listBundles(dataDir: string): Promise<Bundle[]> {
-  const dir = path.join(dataDir, INCIDENTS_DIR);
-  let names: string[];
-  try {
-    names = await fsp.readdir(dir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw err;
-  }
-  const byId = new Map<string, Bundle>();
-  for (const name of names) {
-    const isArchive = name.endsWith('.tar.gz');
-    const id = isArchive ? name.slice(0, -'.tar.gz'.length) : name;
-    if (!BUNDLE_ID.test(id)) continue;
-    const st = await fsp.lstat(path.join(dir, name)).catch(() => null);
-    if (!st || (isArchive ? !st.isFile() : !st.isDirectory())) continue;
-    const b = byId.get(id) ?? { id, createdAt: Infinity, bytes: 0, hasDir: false, hasArchive: false };
-    b.createdAt = Math.min(b.createdAt, st.mtimeMs);
-    if (isArchive) {
+/** The finished bundles in <dataDir>/incidents (bundle.ts lists them), oldest first, with their bytes on disk. */
+export async function retainedBundles(dataDir: string): Promise<Bundle[]> {
+  const out: Bundle[] = [];
+  for (const info of await listBundles(dataDir)) {
+    if (!info.complete) continue; // a capture under way, or one cleanIncompleteBundles removes
+    const b: Bundle = { id: info.id, createdAt: Infinity, bytes: 0, hasDir: false, hasArchive: false };
+    const archive = info.archive ? await fsp.lstat(info.archive).catch(() => null) : null;
+    if (archive?.isFile()) {
       b.hasArchive = true;
-      b.bytes += st.size;
-    } else {
-      b.hasDir = true;
-      b.bytes += await treeBytes(path.join(dir, name));
-      const created = await manifestCreatedAt(path.join(dir, name, MANIFEST_FILE));
-      if (created !== null) b.createdAt = created;
+      b.bytes += archive.size;
+      b.createdAt = archive.mtimeMs;
     }
-    byId.set(id, b);
+    const dir = info.dir ? await fsp.lstat(info.dir).catch(() => null) : null;
+    if (info.dir && dir?.isDirectory()) {
+      b.hasDir = true;
+      b.bytes += await treeBytes(info.dir);
+      b.createdAt = (await manifestCreatedAt(path.join(info.dir, MANIFEST_FILE))) ?? Math.min(b.createdAt, dir.mtimeMs);
+    }
+    if (b.hasDir || b.hasArchive) out.push(b);
   }
-  return [...byId.values()].sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1));
+  return out.sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1));
 }
 
 /**
@@ -90,7 +80,7 @@ export async function enforceRetention(dataDir: string, bounds: RetentionBounds,
   const { log } = bounds;
   const maxCount = bounds.maxCount ?? Infinity;
   const maxBytes = bounds.maxBytes ?? Infinity;
-  const bundles = await listBundles(dataDir);
+  const bundles = await retainedBundles(dataDir);
   let count = bundles.length;
   let bytes = bundles.reduce((n, b) => n + b.bytes, 0);
   const removed: string[] = [];

@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, w
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { enforceRetention, listBundles } from '../../src/incident/retention';
+import { enforceRetention, retainedBundles } from '../../src/incident/retention';
 import { recordingLogger } from '../helpers/uploads';
 
 const dirs: string[] = [];
@@ -43,7 +43,7 @@ describe('incident retention', () => {
     const data = dataDir();
     const size = seed(data);
     mkdirSync(path.join(data, 'incidents', '.uploads'));
-    const list = await listBundles(data);
+    const list = await retainedBundles(data);
     expect(list.map((b) => [b.id, b.bytes, b.createdAt])).toEqual([
       ['inc-b', size.b, Date.parse('2024-05-01T10:00:00Z')],
       ['inc-a', size.a, Date.parse('2024-05-01T11:00:00Z')],
