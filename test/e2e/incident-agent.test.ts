@@ -80,9 +80,10 @@ function threadStates(pid: number): string[] {
 }
 
 describe('a container frozen by an agent killed mid-dump', () => {
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-incident-agent-'));
-  const dataDir = path.join(tmp, 'data');
-  const binDir = path.join(tmp, 'bin');
+  // made in beforeAll: a describe that is filtered out leaves nothing behind
+  let tmp = '';
+  let dataDir = '';
+  let binDir = '';
   const containers: string[] = [];
   const env = { AMBER_INCIDENT_MEMORY_ALL_PROCESSES: 'true', AMBER_INCIDENT_WINDOW_BEFORE: '1m', AMBER_INCIDENT_WINDOW_AFTER: '500ms' };
   let holder: Holder | undefined;
@@ -91,6 +92,9 @@ describe('a container frozen by an agent killed mid-dump', () => {
   let second: RunningAgent | undefined;
 
   beforeAll(async () => {
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-incident-agent-'));
+    dataDir = path.join(tmp, 'data');
+    binDir = path.join(tmp, 'bin');
     fs.mkdirSync(binDir, { mode: 0o755 });
     buildHolder(binDir);
     await ensureTestImage();
@@ -105,8 +109,8 @@ describe('a container frozen by an agent killed mid-dump', () => {
     // whatever failed: the container is not left frozen, then removed
     if (cgroupDir && fs.existsSync(cgroupDir) && freezeOf(cgroupDir) === '1') fs.writeFileSync(path.join(cgroupDir, 'cgroup.freeze'), '0');
     for (const id of containers) await podman('rm', '-f', '-t', '0', id).catch((e) => console.error(e));
-    fs.rmSync(tmp, { recursive: true, force: true });
-    fs.rmSync(`${dataDir}-run`, { recursive: true, force: true });
+    if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+    if (dataDir) fs.rmSync(`${dataDir}-run`, { recursive: true, force: true });
   });
 
   it('kill -9 while frozen leaves it frozen; the next start thaws it, logs it and removes the unfinished bundle', async () => {
@@ -121,14 +125,24 @@ describe('a container frozen by an agent killed mid-dump', () => {
     const tmpBundle = path.join(dataDir, INCIDENTS_DIR, `.tmp-${id}`);
     const holderCore = path.join(tmpBundle, 'memory', `${h.pid}.core`);
     // the trigger's process is dumped first, then the holder: its core exists and its cgroup is frozen
-    await until('the holder dumped with its cgroup frozen', () => (fs.existsSync(holderCore) && freezeOf(cgroupDir) === '1' ? true : undefined), 60_000, 2);
+    await until(
+      'the holder dumped with its cgroup frozen',
+      () => {
+        if (fs.existsSync(holderCore) && freezeOf(cgroupDir) === '1') return true;
+        if (first!.logs().includes('incident: bundle signed and verified')) throw new Error('the capture ended before the holder was seen frozen');
+        return undefined;
+      },
+      60_000,
+      2,
+    );
     first.child.kill('SIGKILL');
     expect(await first.exited).toBeNull();
     expect(first.child.signalCode).toBe('SIGKILL');
     expect(linesOf(first.logs()).some((l) => l.msg === 'incident: bundle signed and verified')).toBe(false);
     // left frozen by the kill, recorded for the next start
-    expect(freezeOf(cgroupDir)).toBe('1');
-    expect(fs.readdirSync(path.join(dataDir, INCIDENTS_DIR, FROZEN_DIR))).toHaveLength(1);
+    const steps = first.logs().split('\n').filter((l) => l.includes('"event":"freezer-') || l.includes('"event":"incident"')).join('\n');
+    expect(freezeOf(cgroupDir), `the first agent logged:\n${steps}`).toBe('1');
+    expect(fs.readdirSync(path.join(dataDir, INCIDENTS_DIR, FROZEN_DIR)), `the first agent logged:\n${steps}`).toHaveLength(1);
     expect(fs.existsSync(tmpBundle)).toBe(true);
 
     second = await startAgentProcess(dataDir, env);
@@ -149,10 +163,9 @@ describe('a container frozen by an agent killed mid-dump', () => {
 });
 
 describe("a rule's cut-network response", () => {
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-incident-cut-'));
-  const dataDir = path.join(tmp, 'data');
-  const bpffs = path.join(tmp, 'bpffs');
-  const rulesFile = path.join(tmp, 'rules.yaml');
+  let tmp = '';
+  let dataDir = '';
+  let bpffs = '';
   const logLines: LogLine[] = [];
   const progIds: number[] = [];
   let agent: Agent | undefined;
@@ -169,6 +182,10 @@ describe("a rule's cut-network response", () => {
     (await execFileP('nsenter', [`--net=/proc/${containerPid}/ns/net`, process.execPath, PEER, 'connect', String(IN_PORT), '2000'])).stdout.trim();
 
   beforeAll(async () => {
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-incident-cut-'));
+    dataDir = path.join(tmp, 'data');
+    bpffs = path.join(tmp, 'bpffs');
+    const rulesFile = path.join(tmp, 'rules.yaml');
     // rules/default.yaml's shape, with one incident rule that cuts the network
     fs.writeFileSync(
       rulesFile,
@@ -216,11 +233,13 @@ describe("a rule's cut-network response", () => {
     const failures: unknown[] = [];
     await agent?.close().catch((e) => failures.push(e));
     // a cut outlives the agent by design: released here by its incident, whatever failed
-    const responses = new Responses({ dataDir, bpffs });
-    try {
-      for (const cut of await responses.listCuts()) await responses.releaseNetwork(cut.incidentId);
-    } catch (err) {
-      failures.push(err);
+    if (dataDir) {
+      const responses = new Responses({ dataDir, bpffs });
+      try {
+        for (const cut of await responses.listCuts()) await responses.releaseNetwork(cut.incidentId);
+      } catch (err) {
+        failures.push(err);
+      }
     }
     if (peer && peer.exitCode === null) {
       await new Promise((resolve) => {
@@ -229,9 +248,9 @@ describe("a rule's cut-network response", () => {
       });
     }
     if (containerId) await podman('rm', '-f', '-t', '0', containerId).catch((e) => failures.push(e));
-    if (mountsOfType(fs.readFileSync('/proc/self/mountinfo', 'utf8'), 'bpf').includes(bpffs)) await execFileP('umount', [bpffs]).catch((e) => failures.push(e));
-    fs.rmSync(tmp, { recursive: true, force: true });
-    fs.rmSync(`${dataDir}-run`, { recursive: true, force: true });
+    if (bpffs && mountsOfType(fs.readFileSync('/proc/self/mountinfo', 'utf8'), 'bpf').includes(bpffs)) await execFileP('umount', [bpffs]).catch((e) => failures.push(e));
+    if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+    if (dataDir) fs.rmSync(`${dataDir}-run`, { recursive: true, force: true });
     expect(await waitForProgramsGone(progIds)).toEqual([]);
     expect(failures).toEqual([]);
   });
@@ -295,10 +314,10 @@ describe("a rule's cut-network response", () => {
 });
 
 describe('uploads through the agent (s3rver)', () => {
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-incident-upload-'));
-  const dataDir = path.join(tmp, 'data');
-  const keyIdFile = path.join(tmp, 's3-key-id');
-  const secretFile = path.join(tmp, 's3-secret');
+  let tmp = '';
+  let dataDir = '';
+  let keyIdFile = '';
+  let secretFile = '';
   const PREFIX = 'amber/node-1/';
   const agents: Agent[] = [];
   let server: S3rverProcess | undefined;
@@ -362,6 +381,10 @@ describe('uploads through the agent (s3rver)', () => {
   }
 
   beforeAll(async () => {
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'amber-incident-upload-'));
+    dataDir = path.join(tmp, 'data');
+    keyIdFile = path.join(tmp, 's3-key-id');
+    secretFile = path.join(tmp, 's3-secret');
     fs.writeFileSync(keyIdFile, `${S3RVER_CREDENTIALS.accessKeyId}\n`, { mode: 0o600 });
     fs.writeFileSync(secretFile, `${S3RVER_CREDENTIALS.secretAccessKey}\n`, { mode: 0o600 });
     server = await S3rverProcess.start('evidence');
@@ -372,8 +395,8 @@ describe('uploads through the agent (s3rver)', () => {
     for (const a of agents) await a.close();
     await server?.cleanup();
     if (container) await container.remove();
-    fs.rmSync(tmp, { recursive: true, force: true });
-    fs.rmSync(`${dataDir}-run`, { recursive: true, force: true });
+    if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+    if (dataDir) fs.rmSync(`${dataDir}-run`, { recursive: true, force: true });
   });
 
   let firstId = '';
