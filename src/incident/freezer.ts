@@ -124,6 +124,13 @@ export class CgroupFreezer {
   private readonly timeoutMs: number;
   private readonly procRoot: string;
   private readonly held = new Map<string, Held>();
+  /**
+   * Per cgroup, the thaw under way. A freeze of the same cgroup waits for it:
+   * started during it, the freeze would take the cgroup for frozen by someone
+   * else (and copy memory unfrozen), or write its record just before the
+   * thaw's unlink removes it (and a kill -9 would then leave it frozen).
+   */
+  private readonly thawing = new Map<string, Promise<void>>();
 
   constructor(options: CgroupFreezerOptions) {
     this.dataDir = options.dataDir;
@@ -158,7 +165,8 @@ export class CgroupFreezer {
     if (held) {
       held.count++;
     } else {
-      held = { count: 1, ready: this.freezeTarget(target, pid) };
+      const thawed = this.thawing.get(key) ?? Promise.resolve();
+      held = { count: 1, ready: thawed.then(() => this.freezeTarget(target, pid)) };
       this.held.set(key, held);
       const entry = held;
       entry.ready.catch(() => {
@@ -179,7 +187,14 @@ export class CgroupFreezer {
         const entry = this.held.get(key);
         if (!entry || --entry.count > 0) return;
         this.held.delete(key);
-        if (!alreadyFrozen) await this.thawTarget(target);
+        if (alreadyFrozen) return;
+        const thawing = this.thawTarget(target);
+        const done = thawing.catch(() => {}); // a failed thaw keeps its record: recover() retries it
+        this.thawing.set(key, done);
+        void done.then(() => {
+          if (this.thawing.get(key) === done) this.thawing.delete(key);
+        });
+        await thawing;
       },
     };
   }

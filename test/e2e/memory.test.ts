@@ -331,6 +331,27 @@ describe('the freezer never leaves a container frozen', () => {
     expect(await new CgroupFreezer({ dataDir, log }).recover()).toEqual([]);
   });
 
+  it('a freeze that starts while the same cgroup is being thawed waits for the thaw: frozen, recorded, then thawed', async () => {
+    const h = await startHolder(0, 0);
+    const dataDir = tempDir();
+    const freezer = new CgroupFreezer({ dataDir, log: pino({ level: 'silent' }) });
+    const outcomes = new Set<string>();
+    // the next dump (or a freeze response) starting while the last one's thaw runs: at different points of that thaw
+    for (let i = 0; i < 120; i++) {
+      const first = await freezer.freeze(h.pid);
+      const thawing = first.thaw();
+      for (let k = 0; k < i % 4; k++) await new Promise((r) => setImmediate(r));
+      const second = await freezer.freeze(h.pid);
+      await thawing;
+      const state = { alreadyFrozen: second.alreadyFrozen, ...v2State(v2Dir(h.pid)), records: records(dataDir).length };
+      await second.thaw();
+      outcomes.add(JSON.stringify({ ...state, after: v2State(v2Dir(h.pid)), recordsAfter: records(dataDir).length }));
+    }
+    expect([...outcomes].map((o) => JSON.parse(o))).toEqual([
+      { alreadyFrozen: false, freeze: '1', frozen: '1', records: 1, after: { freeze: '0', frozen: '0' }, recordsAfter: 0 },
+    ]);
+  });
+
   it('falls back to the v1 freezer (ptrace stop first, then freeze) when v2 cannot be used', async () => {
     const h = await startHolder(1, 1);
     const dataDir = tempDir();
