@@ -43,13 +43,13 @@ export interface IncidentParts {
 
 /** Everything incident capture needs, checked now: a bad key or sink fails the agent's start. */
 export async function startIncidents(config: IncidentConfig, parts: IncidentParts): Promise<IncidentManager> {
-  const log = parts.log.child({ event: 'incident' });
+  const log = parts.log;
   const key = await loadOrCreateSigningKey(parts.dataDir, config.signingKeyFile);
-  if (key.generated) log.warn({ publicKey: key.publicKeyFile }, 'generated the bundle signing key (keep its public half to verify bundles)');
+  if (key.generated) log.warn({ event: 'signing-key-generated', publicKey: key.publicKeyFile }, 'generated the bundle signing key (keep its public half to verify bundles)');
   const sinks = await createSinks(config.upload.sinks.map(sinkOptions));
   const { initialDelay, maxDelay, maxAttempts } = config.upload.retry;
   const uploads =
-    sinks.length > 0 ? new UploadQueue({ dataDir: parts.dataDir, sinks, log, retry: { initialMs: initialDelay, maxMs: maxDelay, maxAttempts } }) : undefined;
+    sinks.length > 0 ? new UploadQueue({ dataDir: parts.dataDir, sinks, log: log.child({ event: 'upload' }), retry: { initialMs: initialDelay, maxMs: maxDelay, maxAttempts } }) : undefined;
   const manager = await IncidentManager.start({
     dataDir: parts.dataDir,
     node: parts.node,
