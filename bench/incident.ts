@@ -60,7 +60,8 @@ async function main(): Promise<void> {
       const { id } = await incidents.trigger({ container: holder.id, reason: `bench round ${i}` });
       for (;;) {
         const shown = await incidents.show(id);
-        if (shown?.summary.state === 'complete') break;
+        // signed: the bundle is signed and verified on disk (the archive, for shipping, is packed next)
+        if (shown?.summary.state === 'signed' || shown?.summary.state === 'complete') break;
         if (shown?.summary.state === 'failed') throw new Error(`incident ${id} failed: ${shown.summary.error}`);
         await new Promise((r) => setTimeout(r, 2));
       }

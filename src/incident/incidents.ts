@@ -19,7 +19,11 @@ export interface TriggerRequest {
   requestedBy?: string;
 }
 
-export type IncidentState = 'queued' | 'capturing' | 'complete' | 'failed';
+/**
+ * queued → capturing → signed (the bundle directory is signed and verified on disk; the responses run and
+ * the archive is packed) → complete (the archive is there: pull and uploads) | failed.
+ */
+export type IncidentState = 'queued' | 'capturing' | 'signed' | 'complete' | 'failed';
 
 export interface UploadSummary {
   sink: string;

@@ -247,7 +247,7 @@ export class IncidentManager implements Incidents {
         { ...this.o.capture, procRoot: this.o.procRoot },
         { dataDir: this.o.dataDir, node: this.o.node, version: this.o.version, buffer: this.o.buffer, freezer: this.o.freezer ?? null, key: this.o.key },
       );
-      incident.state = 'complete';
+      incident.state = 'signed';
       this.counts.captured++;
       this.o.log.info({
         event: 'incident',
@@ -262,6 +262,7 @@ export class IncidentManager implements Incidents {
       const packStarted = Date.now();
       await packBundle(path.join(this.o.dataDir, INCIDENTS_DIR), incident.id);
       incident.bytes = (await fsp.stat(result.archive)).size;
+      incident.state = 'complete';
       this.o.log.info({ event: 'incident', id: incident.id, archive: result.archive, bytes: incident.bytes, packMs: Date.now() - packStarted }, 'incident: archive packed');
       if (this.o.uploads) {
         const sha256 = await sha256File(result.archive);
@@ -397,7 +398,7 @@ export class IncidentManager implements Incidents {
   // ---- helpers ----
 
   private async retention(): Promise<void> {
-    const inProgress = new Set([...this.open.values()].filter((i) => i.state === 'queued' || i.state === 'capturing').map((i) => i.id));
+    const inProgress = new Set([...this.open.values()].filter((i) => i.state !== 'complete' && i.state !== 'failed').map((i) => i.id));
     const r = await enforceRetention(
       this.o.dataDir,
       { ...this.o.limits.retention, inProgress, log: this.o.log },

@@ -57,7 +57,7 @@ describe('amber incidents (agent process, podman)', { timeout: 180_000 }, () => 
       `Incident ${id}`,
       '  state      complete',
       `  created    ${m.createdAt}`,
-      '  trigger    manual: api e2e',
+      '  trigger    manual: api e2e (requested by unix)',
       `  container  ${container!.id.slice(0, 12)}  name ${name}  image ${TEST_IMAGE}`,
       `  archive    ${id}.tar.gz, ${size} bytes (${formatBytes(size)})`,
       '',
@@ -84,7 +84,7 @@ describe('amber incidents (agent process, podman)', { timeout: 180_000 }, () => 
         id,
         state: 'complete',
         createdAt: m.createdAt,
-        trigger: { kind: 'manual', reason: 'api e2e' },
+        trigger: { kind: 'manual', reason: 'api e2e', requestedBy: 'unix' },
         containerId: container!.id,
         pod: '',
         container: name,
@@ -106,7 +106,7 @@ describe('amber incidents (agent process, podman)', { timeout: 180_000 }, () => 
     const total = m.artifacts.reduce((n, a) => n + a.size, 0);
     const at = r.stdout.indexOf('\nArtifacts (');
     const table = r.stdout.slice(at + 1).trimEnd().split('\n');
-    expect(table[0]).toBe(`Artifacts (${m.artifacts.length}, ${total} bytes)`);
+    expect(table[0]).toBe(`Artifacts (${m.artifacts.length}, ${total} bytes); manifest signed`);
     expect(table[1].split(/ +/)).toEqual(['', 'PATH', 'KIND', 'PID', 'SIZE', 'SHA256']);
     expect(table.length).toBe(2 + m.artifacts.length);
     // each artifact: path, kind, pid (when it has one), size, the first 16 hex digits of its sha256
