@@ -162,7 +162,7 @@ export class IncidentManager implements Incidents {
     const trigger: Trigger = {
       kind: f.type === 'drift' ? 'drift' : 'rule',
       rule: rules[0] ?? (f.type === 'drift' ? 'drift' : ''),
-      reason: f.type === 'drift' ? `drift: ${f.reason} ${f.change} ${f.path}` : `rule ${rules.join(', ')}: ${f.event.type}`,
+      reason: f.type === 'drift' ? driftReason(f) : `${f.event.type} matched ${rules.join(', ')}`,
       event: f,
     };
     const metadata = f.containerId ? ((await this.o.containers.lookup(f.containerId)) ?? null) : null;
@@ -513,6 +513,14 @@ export class IncidentManager implements Incidents {
       remote: s.remote ?? '',
     }));
   }
+}
+
+/** "a script created on the upper layer: /tmp/x.sh", "a fileless executable: /memfd:x (deleted)" */
+function driftReason(f: DriftEvent): string {
+  if (f.reason === 'fileless') return `a fileless ${f.subject}: ${f.path}`;
+  const where = f.reason === 'upper-layer' ? 'the upper layer' : 'a writable mount';
+  const how = f.change === 'created' || f.change === 'modified' ? `${f.change} on` : 'on';
+  return `${f.subject === 'script' ? 'a script' : 'an executable'} ${how} ${where}: ${f.path}`;
 }
 
 function checkId(id: string): void {

@@ -90,7 +90,7 @@ describe('incidents (agent, podman)', () => {
     await container.exec('/bin/sh', '-c', 'mkdir /tmp/kit && cp /bin/busybox /tmp/kit/sleep && chmod +x /tmp/kit/sleep');
     await podman('exec', '-d', container.id, '/tmp/kit/sleep', '300');
     const s = await complete((x) => x.containerId === container.id && x.trigger.kind === 'drift', 'the drift');
-    expect(s).toMatchObject({ state: 'complete', trigger: { kind: 'drift', rule: 'drift', reason: 'drift: upper-layer created /tmp/kit/sleep' }, joined: 0, error: '' });
+    expect(s).toMatchObject({ state: 'complete', trigger: { kind: 'drift', rule: 'drift', reason: 'an executable created on the upper layer: /tmp/kit/sleep' }, joined: 0, error: '' });
     const m = manifestOf(s.id);
     const pid = (m.trigger.event as { pid: number }).pid;
     expect(m).toMatchObject({ version: 1, id: s.id, node: os.hostname(), container: { id: container.id }, tool: { name: 'amber' }, window: { beforeMs: 60_000, afterMs: 1000, complete: true } });
