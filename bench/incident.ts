@@ -22,6 +22,8 @@ const RESIDENT_MIB = 200;
 const ROUNDS = 7;
 
 interface Round {
+  /** Each capture step's duration (the capture log's "done" records), and signing + verifying. */
+  steps: Record<string, number>;
   totalMs: number;
   captureMs: number;
   dumpedBytes: number;
@@ -41,7 +43,9 @@ async function main(): Promise<void> {
     overrides: [
       [['dataDir'], dataDir],
       [['api', 'listen'], [`unix://${tmp}/amber.sock`]],
-      // the bundle is finished when the window ends: after 0 measures the capture itself
+      // the bundle is finished when the window ends: after 0 measures the capture itself.
+      // Retention keeps 2 bundles, as a node's bounded disk does: the pages of removed bundles are reused
+      // (on a VM whose memory the host backs lazily, writing never-touched pages is about 5x slower)
       [['incident', 'window'], { before: '1m', after: 0 }],
       [['incident', 'joinWindow'], 0],
       [['incident', 'retention'], { maxCount: 2 }],
@@ -66,6 +70,8 @@ async function main(): Promise<void> {
         await new Promise((r) => setTimeout(r, 2));
       }
       const totalMs = performance.now() - t0;
+      // the archive (for shipping) is packed after: waited for, so the next round does not share the cores with it
+      while ((await incidents.show(id))?.summary.state !== 'complete') await new Promise((r) => setTimeout(r, 10));
       const log = fs
         .readFileSync(path.join(dataDir, INCIDENTS_DIR, id, 'capture.log.jsonl'), 'utf8')
         .split('\n')
@@ -76,7 +82,10 @@ async function main(): Promise<void> {
       const sign = log.find((r) => r.step === 'sign') as { ms: number };
 
       // frozen: while the threads are stopped and the memory copied (the freezer's own settle time included)
-      rounds.push({ totalMs, captureMs: sign.ms, dumpedBytes: dump.dumpedBytes, copyMs: dump.copyMs, frozenMs: dump.copyMs + (dump.frozen?.frozenMs ?? 0) });
+      const steps: Record<string, number> = {};
+      for (const r of log) if (r.msg === 'done' && typeof r.durationMs === 'number') steps[String(r.step).replace(/ \d+$/, '')] = r.durationMs;
+      steps['sign and verify'] = totalMs - sign.ms;
+      rounds.push({ steps, totalMs, captureMs: sign.ms, dumpedBytes: dump.dumpedBytes, copyMs: dump.copyMs, frozenMs: dump.copyMs + (dump.frozen?.frozenMs ?? 0) });
       console.log(
         `round ${i + 1}: trigger to verified bundle ${totalMs.toFixed(0)} ms; dump ${(dump.dumpedBytes / MIB).toFixed(0)} MiB in ${dump.copyMs.toFixed(0)} ms` +
           ` = ${(dump.dumpedBytes / 1e9 / (dump.copyMs / 1000)).toFixed(2)} GB/s; frozen ${(dump.copyMs + (dump.frozen?.frozenMs ?? 0)).toFixed(0)} ms`,
@@ -95,6 +104,8 @@ async function main(): Promise<void> {
   line('memory dump rate', (r) => r.dumpedBytes / 1e9 / (r.copyMs / 1000), 'GB/s (target >= 1)', 2);
   line('container frozen', (r) => r.frozenMs, 'ms');
   line('bytes dumped', (r) => r.dumpedBytes / MIB, 'MiB');
+  console.log('  where the time goes (median ms per step):');
+  for (const step of Object.keys(rounds[0].steps)) line(`    ${step}`, (r) => r.steps[step] ?? 0, 'ms');
 }
 
 main().catch((err: unknown) => {
