@@ -87,5 +87,10 @@ if [[ ! -f $gen || $proto -nt $gen || package-lock.json -nt $gen ]]; then
     --ts_proto_opt=outputServices=grpc-js,env=node,esModuleInterop=true,forceLong=number,oneof=unions,outputJsonMethods=false,outputPartialMethods=false \
     -I src/api "$proto"
 fi
-say "compiling TypeScript"
-npx tsc -p tsconfig.json
+# compiled again only when a source changed: dist/ is what running tests and agents load
+stamp=dist/.compiled
+if [[ ! -f $stamp || -n $(find src bench tsconfig.json package-lock.json -newer "$stamp" -print -quit) ]]; then
+  say "compiling TypeScript"
+  npx tsc -p tsconfig.json
+  touch "$stamp"
+fi
