@@ -7,7 +7,7 @@
  * a step that fails is logged and the capture goes on: a partial bundle,
  * signed, beats none.
  */
-import { createReadStream } from 'node:fs';
+import { createReadStream, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import type { EventBuffer } from '../buffer';
 import { EVENTS_JSONL, EVENTS_MSGPACK, FROZEN_DIR } from '../buffer/freeze';
@@ -25,6 +25,8 @@ import { captureUpperLayer } from './upper-layer';
 import { verifyBundle } from './verify';
 
 export const CAPTURE_LOG = 'capture.log.jsonl';
+/** Free bytes a capture leaves on the data dir's filesystem (memory cores are bounded by what is free beyond it). */
+export const DISK_RESERVE_BYTES = 1024 ** 3;
 export const UPPER_LAYER_FILE = 'upper-layer.tar';
 
 export interface CaptureOptions {
@@ -136,7 +138,10 @@ export async function capture(bundle: BundleWriter, target: CaptureTarget, optio
   let frozenMs = 0;
   let dumpedBytes = 0;
   if (options.memory.enabled) {
-    let budget = options.memory.maxBytes;
+    // the cores are the bulk of a bundle: they never take the data dir's last free bytes (the buffer lives there too)
+    const free = await freeBytes(parts.dataDir);
+    let budget = Math.max(0, Math.min(options.memory.maxBytes, free - DISK_RESERVE_BYTES));
+    if (budget < options.memory.maxBytes) log({ step: 'memory', msg: 'bound lowered: the disk is nearly full', freeBytes: free, reserveBytes: DISK_RESERVE_BYTES, maxBytes: budget });
     for (const pid of pids) {
       const result = await step(`memory ${pid}`, async () => {
         const corePath = await bundle.pathFor(`memory/${pid}.core`);
@@ -232,6 +237,11 @@ export async function capture(bundle: BundleWriter, target: CaptureTarget, optio
   const check = await verifyBundle(finished.dir, parts.key.publicKeyPem);
   if (!check.ok) throw new Error(`bundle ${finished.id} does not verify after writing: ${JSON.stringify(check.problems)}`);
   return { ...finished, problems, durationMs: Date.now() - started, frozenMs, dumpedBytes };
+}
+
+async function freeBytes(dir: string): Promise<number> {
+  const st = await fsp.statfs(dir);
+  return st.bavail * st.bsize;
 }
 
 function flatten(nodes: readonly ContainerProcessNode[]): number[] {

@@ -26,19 +26,17 @@ import type { IncidentSummary } from '../../src/incident/incidents';
 import { INCIDENTS_DIR } from '../../src/incident/manifest';
 import { Responses } from '../../src/incident/responses';
 import { UPLOADS_DIR } from '../../src/incident/uploads';
-import { findCgroup2Root, mountsOfType } from '../../src/sensor/preflight';
+import { mountsOfType } from '../../src/sensor/preflight';
 import { startAgentProcess, stopAgentProcess, type RunningAgent } from '../helpers/agent';
 import { waitForProgramsGone } from '../helpers/bpf';
-import { buildHolder, startHolder, type Holder } from '../helpers/memory-holder';
+import { buildHolder, freezeOf, startHolder, threadStates, type Holder, v2Dir } from '../helpers/memory-holder';
 import { ensureTestImage, podman, startContainer, uniqueName, type Container } from '../helpers/podman';
 import { S3RVER_CREDENTIALS, S3rverProcess } from '../helpers/s3rver';
 
 const execFileP = promisify(execFile);
-const V2_ROOT = findCgroup2Root(fs.readFileSync('/proc/self/mountinfo', 'utf8'), false);
 const PEER = path.resolve(__dirname, '../helpers/tcp-peer.cjs');
 const OUT_PORT = 7001; // the peer listens in the container's netns, the container connects out
 const IN_PORT = 7002; // the container listens, the peer connects in
-const MiB = 1 << 20;
 
 type LogLine = Record<string, unknown>;
 
@@ -65,19 +63,7 @@ async function until<T>(what: string, check: () => Promise<T | undefined> | T | 
   }
 }
 
-const v2Dir = (pid: number) => path.join(V2_ROOT, cgroupsOf(fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8')).v2!);
-const freezeOf = (dir: string) => fs.readFileSync(path.join(dir, 'cgroup.freeze'), 'utf8').trim();
 
-/** State and tracer of each thread of pid: "S tracer 0" when it sleeps untraced. */
-function threadStates(pid: number): string[] {
-  return fs
-    .readdirSync(`/proc/${pid}/task`)
-    .sort()
-    .map((tid) => {
-      const status = fs.readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
-      return `${/^State:\s+(\S)/m.exec(status)![1]} tracer ${/^TracerPid:\s+(\d+)/m.exec(status)![1]}`;
-    });
-}
 
 describe('a container frozen by an agent killed mid-dump', () => {
   // made in beforeAll: a describe that is filtered out leaves nothing behind
@@ -271,13 +257,14 @@ describe("a rule's cut-network response", () => {
     const id = found[0].id;
     const shown = await until('the response', async () => {
       const s = (await incidents.show(id))!;
-      return s.summary.responses.length > 0 ? s : undefined;
+      // the responses run once the bundle is signed, before the archive is packed (then complete)
+      return s.summary.responses.length > 0 && s.summary.state === 'complete' ? s : undefined;
     });
     expect(shown.summary).toMatchObject({
       id,
       state: 'complete',
       containerId,
-      trigger: { kind: 'rule', rule: 'cut-on-tool', reason: 'rule cut-on-tool: exec' },
+      trigger: { kind: 'rule', rule: 'cut-on-tool', reason: 'exec matched cut-on-tool' },
       error: '',
       responses: [{ kind: 'cut-network', state: 'in force', at: expect.any(String) }],
     });

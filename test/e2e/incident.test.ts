@@ -17,16 +17,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startAgent, type Agent } from '../../src/agent';
 import { loadConfig } from '../../src/config';
 import { grepCore } from '../../src/incident/core-grep';
-import { cgroupsOf } from '../../src/incident/freezer';
 import type { IncidentSummary } from '../../src/incident/incidents';
 import { INCIDENTS_DIR, type Manifest } from '../../src/incident/manifest';
 import { readTar } from '../../src/incident/tar';
 import { verifyBundle } from '../../src/incident/verify';
-import { findCgroup2Root } from '../../src/sensor/preflight';
-import { buildHolder, gdb, startHolder } from '../helpers/memory-holder';
+import { buildHolder, freezeOf, gdb, startHolder, v2Dir } from '../helpers/memory-holder';
 import { podman, startContainer, uniqueName, type Container } from '../helpers/podman';
 
-const V2_ROOT = findCgroup2Root(fs.readFileSync('/proc/self/mountinfo', 'utf8'), false);
 const BUSYBOX = fs.readFileSync('/bin/busybox');
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -83,7 +80,7 @@ describe('incidents (agent, podman)', () => {
 
   const bundleDir = (id: string) => path.join(dataDir, INCIDENTS_DIR, id);
   const manifestOf = (id: string) => JSON.parse(fs.readFileSync(path.join(bundleDir(id), 'manifest.json'), 'utf8')) as Manifest;
-  const frozenState = (pid: number) => fs.readFileSync(path.join(V2_ROOT, cgroupsOf(fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8')).v2!, 'cgroup.freeze'), 'utf8').trim();
+  const frozenState = (pid: number) => freezeOf(v2Dir(pid));
 
   it('drift opens an incident: the executable, the upper layer, the write before the exec, a core; it verifies', async () => {
     // the attack chain: drop a binary into /tmp, make it executable, run it (busybox runs the applet its file is named after)
@@ -153,6 +150,49 @@ describe('incidents (agent, podman)', () => {
     expect(hits.map((x) => [x.pid, x.comm])).toEqual([[h.pid, 'memory-holder']]);
     expect(gdb(core, `x/s ${hits[0].address}`)).toContain(`"${h.marker}"`);
     expect(frozenState(h.pid)).toBe('0');
+  }, 120_000);
+
+  it('on a nearly full disk the cores take only what is free beyond the reserve: the filler is skipped, named, logged', async () => {
+    // a data dir of its own on a 1200 MiB tmpfs, with a second agent on it
+    const small = path.join(tmp, 'small');
+    fs.mkdirSync(small, { mode: 0o700 });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1200m,mode=0700', 'tmpfs', small]);
+    let second: Agent | undefined;
+    try {
+      const h = await startHolder(binDir, 256, 0, containers, 'amber-incident-full');
+      second = await startAgent(
+        loadConfig({
+          overrides: [
+            [['dataDir'], path.join(small, 'data')],
+            [['api', 'listen'], [`unix://${small}/amber.sock`]],
+            [['buffer', 'maxBytes'], '16MiB'],
+            [['incident', 'window'], { before: '1m', after: 0 }],
+          ],
+        }),
+        pino({ level: 'warn' }, new Writable({ write: (_c, _e, done) => done() })),
+      );
+      await new Promise((r) => setTimeout(r, 1000)); // the agent learns the running container
+      const { id } = await second.incidents!.trigger({ container: h.id, reason: 'disk nearly full' });
+      const deadline = Date.now() + 60_000;
+      while ((await second.incidents!.show(id))?.summary.state !== 'complete') {
+        if (Date.now() > deadline) throw new Error('the incident on the small disk did not complete');
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      const dir = path.join(small, 'data', INCIDENTS_DIR, id);
+      const log = fs.readFileSync(path.join(dir, 'capture.log.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+      const lowered = log.find((r) => r.msg === 'bound lowered: the disk is nearly full');
+      expect(lowered).toMatchObject({ step: 'memory', reserveBytes: 1024 ** 3 });
+      expect(lowered.freeBytes).toBeLessThan(1200 * 2 ** 20);
+      expect(lowered.maxBytes).toBe(lowered.freeBytes - 1024 ** 3);
+      const maps = JSON.parse(fs.readFileSync(path.join(dir, 'memory', `${h.pid}.maps.json`), 'utf8'));
+      const filler = maps.regions.find((r: { start: string }) => BigInt(r.start) === h.filler);
+      expect(filler).toMatchObject({ dumped: 0 });
+      expect(filler.skipped).toMatch(/^over the byte bound: needs 268435456 bytes, /);
+      expect(maps.dumpedBytes).toBeLessThanOrEqual(lowered.maxBytes);
+    } finally {
+      await second?.close();
+      execFileSync('umount', [small]);
+    }
   }, 120_000);
 
   it('a flood of 100 triggers on 10 containers: bounded work, the caps counted and logged, the agent stays up', async () => {

@@ -17,11 +17,9 @@ import { grepCore, formatHit, readCoreLayout, type CoreHit } from '../../src/inc
 import { CgroupFreezer, cgroupsOf, FROZEN_DIR, type FrozenCgroup } from '../../src/incident/freezer';
 import { INCIDENTS_DIR } from '../../src/incident/manifest';
 import { dumpProcessMemory, type MapsFile, type MemoryRegion } from '../../src/incident/memory';
-import { findCgroup2Root } from '../../src/sensor/preflight';
-import { buildHolder, gdb, type Holder, startHolder as startHolderIn } from '../helpers/memory-holder';
+import { buildHolder, gdb, type Holder, startHolder as startHolderIn, threadStates, v2Dir } from '../helpers/memory-holder';
 import { ensureTestImage, podman } from '../helpers/podman';
 
-const V2_ROOT = findCgroup2Root(fs.readFileSync('/proc/self/mountinfo', 'utf8'), false);
 const V1_ROOT = '/sys/fs/cgroup/freezer';
 const MiB = 1 << 20;
 
@@ -38,9 +36,6 @@ function tempDir(): string {
 
 const startHolder = (mib: number, threads: number): Promise<Holder> => startHolderIn(binDir, mib, threads, containers);
 
-function v2Dir(pid: number): string {
-  return path.join(V2_ROOT, cgroupsOf(fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8')).v2!);
-}
 
 function v1Dir(pid: number): string {
   return path.join(V1_ROOT, cgroupsOf(fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8')).freezer!);
@@ -53,16 +48,6 @@ function v2State(dir: string): { freeze: string; frozen: string } {
   };
 }
 
-/** Tracer and state of every thread: after a dump, nobody traces them and none is stopped. */
-function threadStates(pid: number): string[] {
-  return fs
-    .readdirSync(`/proc/${pid}/task`)
-    .sort()
-    .map((tid) => {
-      const status = fs.readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
-      return `${/^State:\s+(\S)/m.exec(status)![1]} tracer ${/^TracerPid:\s+(\d+)/m.exec(status)![1]}`;
-    });
-}
 
 function procMaps(pid: number): Pick<MemoryRegion, 'start' | 'end' | 'perms' | 'offset' | 'path'>[] {
   return fs
