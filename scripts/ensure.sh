@@ -94,3 +94,5 @@ if [[ ! -f $stamp || -n $(find src bench tsconfig.json package-lock.json -newer 
   npx tsc -p tsconfig.json
   touch "$stamp"
 fi
+# package.json's bin: `npx amber` runs it directly (tsc writes it without the executable bit)
+chmod 0755 dist/src/cli/main.js
