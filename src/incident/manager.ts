@@ -76,7 +76,9 @@ interface Open {
   bytes: number;
   respond: Response[];
   responses: ResponseSummary[];
-  bundle: BundleWriter;
+  /** Made right after the incident is (its directory names it, and the id); a trigger for the container joins it meanwhile. */
+  bundle: BundleWriter | undefined;
+  created: Promise<unknown>;
   done: Promise<void>;
 }
 
@@ -175,6 +177,8 @@ export class IncidentManager implements Incidents {
     const now = Date.now();
     const current = this.byContainer.get(key);
     if (current && now - current.createdMs < this.o.limits.joinWindowMs) {
+      await current.created; // its id is its bundle's
+      if (!current.id) throw new IncidentError('unavailable', 'the incident this trigger joins could not create its bundle');
       current.joined++;
       this.counts.joined++;
       for (const r of respond) if (!current.respond.includes(r)) current.respond.push(r);
@@ -206,18 +210,23 @@ export class IncidentManager implements Incidents {
       bytes: 0,
       respond: [...respond],
       responses: [],
-      bundle: undefined as unknown as BundleWriter,
+      bundle: undefined,
+      created: Promise.resolve(),
       done: Promise.resolve(),
     };
     this.byContainer.set(key, incident); // before the await: a concurrent trigger joins it
     this.counts.opened++;
+    let bundle: BundleWriter;
     try {
-      incident.bundle = await BundleWriter.create(this.o.dataDir, now);
+      const creating = BundleWriter.create(this.o.dataDir, now);
+      incident.created = creating.catch(() => {});
+      bundle = await creating;
     } catch (err) {
       this.byContainer.delete(key);
       throw new IncidentError('unavailable', `cannot create the incident's bundle: ${(err as Error).message}`);
     }
-    incident.id = incident.bundle.id;
+    incident.bundle = bundle;
+    incident.id = bundle.id;
     this.open.set(incident.id, incident);
     incident.done = this.schedule(incident);
     return { id: incident.id, joined: false, state: incident.state };
@@ -239,10 +248,12 @@ export class IncidentManager implements Incidents {
   private async run(incident: Open): Promise<void> {
     incident.state = 'capturing';
     this.o.log.info({ event: 'incident', id: incident.id, containerId: incident.containerId, pid: incident.pid, trigger: incident.trigger.kind, rule: incident.trigger.rule }, 'incident: capturing');
+    const bundle = incident.bundle;
+    if (!bundle) return; // never scheduled without its bundle (openIncident makes it first)
     try {
       incident.trigger.joined = incident.joined;
       const result = await capture(
-        incident.bundle,
+        bundle,
         { trigger: incident.trigger, at: incident.trigger.event?.ts ?? Date.now() * 1e6, containerId: incident.containerId, pid: incident.pid, metadata: incident.metadata },
         { ...this.o.capture, procRoot: this.o.procRoot },
         { dataDir: this.o.dataDir, node: this.o.node, version: this.o.version, buffer: this.o.buffer, freezer: this.o.freezer ?? null, key: this.o.key },
@@ -274,7 +285,7 @@ export class IncidentManager implements Incidents {
       incident.error = (err as Error).message;
       this.counts.failed++;
       this.o.log.error({ event: 'incident', id: incident.id, error: incident.error }, 'incident: capture failed');
-      await incident.bundle.abandon().catch(() => {});
+      await bundle.abandon().catch(() => {});
     }
   }
 
