@@ -141,7 +141,7 @@ describe('a container frozen by an agent killed mid-dump', () => {
     expect(fs.existsSync(tmpBundle)).toBe(false);
     expect(fs.readdirSync(path.join(dataDir, INCIDENTS_DIR, FROZEN_DIR))).toEqual([]);
     // the container's processes run on: the holder's threads sleep untraced, a new process starts and answers
-    expect(threadStates(h.pid)).toEqual(['S tracer 0', 'S tracer 0']);
+    expect(threadStates(h.pid)).toEqual(['live tracer 0', 'live tracer 0']);
     expect(await podman('exec', h.id, '/bin/busybox', 'echo', 'alive')).toBe('alive');
     await stopAgentProcess(second, 'SIGTERM');
     expect(await second.exited).toBe(0);

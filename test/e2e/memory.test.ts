@@ -132,7 +132,7 @@ describe('memory dumps (ptrace, ELF core, gdb)', () => {
       ['freezer-thawed', cgroupsOf(fs.readFileSync(`/proc/${h.pid}/cgroup`, 'utf8')).v2],
     ]);
     expect(v2State(v2Dir(h.pid))).toEqual({ freeze: '0', frozen: '0' });
-    expect(threadStates(h.pid)).toEqual(tasks.map(() => 'S tracer 0'));
+    expect(threadStates(h.pid)).toEqual(tasks.map(() => 'live tracer 0'));
     expect(records(dataDir)).toEqual([]);
 
     // every thread, the leader first; the maps as they were
@@ -251,7 +251,7 @@ describe('the freezer never leaves a container frozen', () => {
     });
     expect(events().map((e) => e.event)).toEqual(['freezer-frozen', 'freezer-thawed']);
     expect(v2State(v2Dir(h.pid))).toEqual({ freeze: '0', frozen: '0' });
-    expect(threadStates(h.pid)).toEqual(['S tracer 0', 'S tracer 0']);
+    expect(threadStates(h.pid)).toEqual(['live tracer 0', 'live tracer 0']);
     expect(fs.readdirSync(small)).toEqual([]);
     expect(records(dataDir)).toEqual([]);
   });
@@ -283,7 +283,7 @@ describe('the freezer never leaves a container frozen', () => {
       dumpProcessMemory(second, { corePath, mapsPath, maxBytes: 1024 * MiB, freezer: new KillingFreezer({ dataDir, log: pino({ level: 'silent' }) }) }),
     ).rejects.toMatchObject({ code: 'ESRCH', message: `memory dump of process ${second}: process ${second} exited before its memory could be read` });
     expect(v2State(v2Dir(h.pid))).toEqual({ freeze: '0', frozen: '0' });
-    expect(threadStates(h.pid)).toEqual(['S tracer 0']);
+    expect(threadStates(h.pid)).toEqual(['live tracer 0']);
     expect(fs.existsSync(corePath) || fs.existsSync(mapsPath)).toBe(false);
     expect(records(dataDir)).toEqual([]);
   });
@@ -348,7 +348,7 @@ describe('the freezer never leaves a container frozen', () => {
     expect(r.frozen).toMatchObject({ path: v1Dir(h.pid), version: 1, alreadyFrozen: false });
     expect(events().filter((e) => e.event === 'freezer-frozen').map((e) => e.version)).toEqual([1]);
     expect(fs.readFileSync(path.join(v1Dir(h.pid), 'freezer.state'), 'utf8').trim()).toBe('THAWED');
-    expect(threadStates(h.pid)).toEqual(['S tracer 0', 'S tracer 0']);
+    expect(threadStates(h.pid)).toEqual(['live tracer 0', 'live tracer 0']);
     expect((await collect(corePath, h.marker)).length).toBe(1);
   });
 
@@ -373,7 +373,7 @@ describe('the freezer never leaves a container frozen', () => {
     } finally {
       await podman('unpause', h.id);
     }
-    expect(threadStates(h.pid)).toEqual(['S tracer 0']);
+    expect(threadStates(h.pid)).toEqual(['live tracer 0']);
   });
 
   it("refuses cgroups it must not freeze: the agent's own (or the root) and a pid that does not exist", async () => {

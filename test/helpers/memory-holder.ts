@@ -24,13 +24,17 @@ export function freezeOf(dir: string): string {
   return fs.readFileSync(path.join(dir, 'cgroup.freeze'), 'utf8').trim();
 }
 
-/** State and tracer of each thread of pid: "S tracer 0" when it sleeps untraced (after a dump: nobody traces it, none is stopped). */
+/**
+ * Each thread of pid: "live tracer 0" when it runs or sleeps untraced (after a dump: nobody traces it, none is
+ * stopped); "stopped" for a (ptrace) stop. Running and sleeping are one: a thread just thawed may be either.
+ */
 export function threadStates(pid: number): string[] {
   return fs
     .readdirSync(`/proc/${pid}/task`)
     .sort()
     .map((tid) => {
       const status = fs.readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
-      return `${/^State:\s+(\S)/m.exec(status)![1]} tracer ${/^TracerPid:\s+(\d+)/m.exec(status)![1]}`;
+      const state = /^State:\s+(\S)/m.exec(status)![1];
+      return `${state === 't' || state === 'T' ? 'stopped' : 'live'} tracer ${/^TracerPid:\s+(\d+)/m.exec(status)![1]}`;
     });
 }
