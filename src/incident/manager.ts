@@ -143,17 +143,20 @@ export class IncidentManager implements Incidents {
     const targets = [request.container, request.pod, request.pid].filter((t) => t !== undefined);
     if (targets.length !== 1) throw new IncidentError('invalid', 'give exactly one of container, pod or pid');
     let containerId = '';
+    let metadata: ContainerMetadata | null = null;
     let pid = 0;
     if (request.container !== undefined) {
-      containerId = this.containerByPrefix(request.container).containerId;
+      metadata = this.containerByPrefix(request.container);
+      containerId = metadata.containerId;
     } else if (request.pod !== undefined) {
-      containerId = this.containerOfPod(request.pod).containerId;
+      metadata = this.containerOfPod(request.pod);
+      containerId = metadata.containerId;
     } else {
       pid = request.pid!;
       if (!Number.isSafeInteger(pid) || pid <= 0) throw new IncidentError('invalid', `not a pid: ${String(request.pid)}`);
       containerId = this.containerOfPid(pid);
+      metadata = containerId ? (this.o.containers.get(containerId) ?? null) : null;
     }
-    const metadata = containerId ? (this.o.containers.get(containerId) ?? null) : null;
     if (!pid) pid = metadata?.initPid ?? 0;
     const trigger: Trigger = { kind: 'manual', reason: request.reason || 'triggered by hand', requestedBy: request.requestedBy };
     return this.openIncident(trigger, containerId, pid, metadata, []);
@@ -272,13 +275,13 @@ export class IncidentManager implements Incidents {
       await this.respond(incident);
       const packStarted = Date.now();
       await packBundle(path.join(this.o.dataDir, INCIDENTS_DIR), incident.id);
-      incident.bytes = (await fsp.stat(result.archive)).size;
+      // hashed once here and kept (archive() caches it): uploads, show and pull use that digest
+      const packed = await this.archive(incident.id);
+      if (!packed) throw new Error(`the archive ${result.archive} is missing after packing`);
+      incident.bytes = packed.size;
       incident.state = 'complete';
-      this.o.log.info({ event: 'incident', id: incident.id, archive: result.archive, bytes: incident.bytes, packMs: Date.now() - packStarted }, 'incident: archive packed');
-      if (this.o.uploads) {
-        const sha256 = await sha256File(result.archive);
-        await this.o.uploads.enqueue(incident.id, result.archive, { size: incident.bytes, sha256 });
-      }
+      this.o.log.info({ event: 'incident', id: incident.id, archive: packed.path, bytes: packed.size, packMs: Date.now() - packStarted }, 'incident: archive packed');
+      if (this.o.uploads) await this.o.uploads.enqueue(incident.id, packed.path, { size: packed.size, sha256: packed.sha256 });
       await this.retention();
     } catch (err) {
       incident.state = 'failed';
